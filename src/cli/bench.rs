@@ -1,0 +1,107 @@
+//! `kintsugi bench`: restorer time against image size at a fixed fraction of scattered damage.
+//!
+//! The figure that matters is the ratio between sizes: with the region pipeline, cost follows
+//! the damaged area, so a 24 MP scan with 1% damage should cost about 24x a 1 MP one (the
+//! damage is 24x larger), not more.
+
+use std::sync::Arc;
+
+use anyhow::bail;
+
+use super::progress::run_job;
+use crate::engine::{Engine, EngineConfig, JobKind};
+use crate::imaging::mask_synth::scattered_damage;
+use crate::imaging::ImageF32;
+use crate::restore::Params;
+
+/// Arguments of `bench`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Restorers to time, comma-separated.
+    #[arg(long, default_value = "telea,biharmonic,patchmatch", value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Image sizes in megapixels, comma-separated; the first is the baseline.
+    #[arg(long, default_value = "1,24", value_delimiter = ',')]
+    pub sizes: Vec<f64>,
+    /// Fraction of the image covered by scattered small damage.
+    #[arg(long, default_value_t = 0.01)]
+    pub coverage: f64,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// A synthetic 3:2 RGB "scan": smooth gradients, a few frequencies and fine grain.
+pub fn synthetic_scan(megapixels: f64) -> ImageF32 {
+    let h = ((megapixels * 1e6 / 1.5).sqrt()).round().max(8.0) as usize;
+    let w = (h as f64 * 1.5).round() as usize;
+    ImageF32::from_fn(w, h, 3, |x, y, c| {
+        let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
+        let grain = ((x.wrapping_mul(73_856_093) ^ y.wrapping_mul(19_349_663) ^ (c * 83_492_791))
+            % 1000) as f32
+            / 1000.0;
+        (0.35 + 0.3 * fx + 0.15 * (fy * 17.0 + c as f32).sin() + 0.1 * ((fx + fy) * 90.0).sin()
+            + 0.05 * grain)
+            .clamp(0.0, 1.0)
+    })
+}
+
+/// Runs `bench`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.sizes.is_empty() || args.models.is_empty() {
+        bail!("give at least one size and one model");
+    }
+    let mut config = EngineConfig::all_cores();
+    if let Some(t) = args.threads {
+        config.threads = t;
+    }
+    let threads = config.threads;
+    for m in &args.models {
+        config.registry.restorer(m)?;
+    }
+    let engine = Engine::start(config)?;
+    println!(
+        "restorer time vs image size, {:.1}% scattered damage, {threads} thread(s)",
+        args.coverage * 100.0
+    );
+    println!(
+        "{:<11} {:>7} {:>12} {:>10} {:>14} {:>13}",
+        "model", "MP", "damage px", "ms", "ms/MP damage", "x baseline"
+    );
+    let scans: Vec<_> = args
+        .sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &mp)| {
+            let img = synthetic_scan(mp);
+            let mask = scattered_damage(img.width(), img.height(), args.coverage, 42 + i as u64);
+            (mp, Arc::new(img), Arc::new(mask))
+        })
+        .collect();
+    for model in &args.models {
+        let mut baseline = None;
+        for (mp, img, mask) in &scans {
+            let job = JobKind::Restore {
+                image: img.clone(),
+                mask: mask.clone(),
+                model: model.clone(),
+                params: Params::new(),
+            };
+            let done = run_job(&engine, job, model, true)?;
+            let ms = done.elapsed.as_secs_f64() * 1000.0;
+            let damage = mask.count();
+            let per_mp = ms / (damage as f64 / 1e6);
+            let base = *baseline.get_or_insert(ms);
+            println!(
+                "{:<11} {:>7.1} {:>12} {:>10.1} {:>14.1} {:>13.2}",
+                model,
+                mp,
+                damage,
+                ms,
+                per_mp,
+                ms / base
+            );
+        }
+    }
+    Ok(())
+}

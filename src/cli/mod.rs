@@ -1,0 +1,61 @@
+//! The command-line face of Kintsugi: one file per subcommand, all driving the engine.
+
+mod bench;
+mod eval;
+mod inpaint;
+mod models;
+mod progress;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Kintsugi: restore scratched, dusty and torn photo scans.
+///
+/// With no subcommand, opens the studio (optionally on IMAGE).
+#[derive(Debug, Parser)]
+#[command(name = "kintsugi", version, about, args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Image to open in the studio.
+    pub image: Option<PathBuf>,
+    /// What to do; none opens the studio.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Restore the holes of MASK in INPUT and write OUTPUT.
+    Inpaint(inpaint::Args),
+    /// List the models and whether each can run here.
+    Models(models::Args),
+    /// Score a model on image/mask pairs: hole-PSNR, hole-L1, PSNR, SSIM and time.
+    Eval(eval::Args),
+    /// Time every restorer on synthetic scans of growing size at fixed damage.
+    Bench(bench::Args),
+}
+
+/// Runs a subcommand; errors are reported once by `main`.
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Inpaint(a) => inpaint::run(a),
+        Command::Models(a) => models::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Bench(a) => bench::run(a),
+    }
+}
+
+/// Parses `--param name=value`.
+fn parse_param(s: &str) -> Result<(String, f64), String> {
+    crate::restore::Params::parse_assignment(s)
+}
+
+/// Builds [`crate::restore::Params`] from command-line assignments.
+fn params_from(list: &[(String, f64)]) -> crate::restore::Params {
+    let mut p = crate::restore::Params::new();
+    for (k, v) in list {
+        p.set(k, *v);
+    }
+    p
+}

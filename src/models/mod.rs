@@ -1,0 +1,3 @@
+//! Models: the registry of every restorer the app knows, classical and learned.
+
+pub mod registry;

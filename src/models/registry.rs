@@ -1,0 +1,189 @@
+//! Maps a model id to its implementation, family, description and availability.
+//!
+//! Classical restorers are always available. Learned models need `weights/<id>.safetensors`
+//! and its `weights/<id>.json` manifest; a model whose files are missing or unreadable is
+//! listed with the reason, so the studio can show it disabled and the CLI can explain.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::restore::biharmonic::Biharmonic;
+use crate::restore::patchmatch::PatchMatch;
+use crate::restore::telea::Telea;
+use crate::restore::{RestoreError, Restorer};
+
+/// The four generative families plus classical methods.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Weight-free algorithms.
+    Classical,
+    /// Image-conditioned GAN.
+    CGan,
+    /// Variational autoencoder.
+    Vae,
+    /// Unconditional GAN.
+    Gan,
+    /// Reinforcement-learning agent.
+    Rl,
+}
+
+impl Family {
+    /// Display name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::Classical => "classical",
+            Family::CGan => "cGAN",
+            Family::Vae => "VAE",
+            Family::Gan => "GAN",
+            Family::Rl => "RL",
+        }
+    }
+}
+
+/// Whether a model can run here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Availability {
+    /// Ready.
+    Available,
+    /// Cannot run, with the reason.
+    Unavailable(String),
+}
+
+/// One entry of the registry.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// Stable id.
+    pub id: &'static str,
+    /// Family.
+    pub family: Family,
+    /// One line for the picker.
+    pub description: &'static str,
+    /// Whether it can run, and if not why.
+    pub availability: Availability,
+}
+
+struct Entry {
+    id: &'static str,
+    family: Family,
+    description: &'static str,
+}
+
+const CLASSICAL: &[Entry] = &[
+    Entry {
+        id: "telea",
+        family: Family::Classical,
+        description: "Telea fast marching: fast, good on thin scratches and dust",
+    },
+    Entry {
+        id: "biharmonic",
+        family: Family::Classical,
+        description: "Biharmonic smoothest fill: strongest smooth fill for scratches and specks",
+    },
+    Entry {
+        id: "patchmatch",
+        family: Family::Classical,
+        description: "PatchMatch completion: copies texture from the rest of the image into large holes",
+    },
+];
+
+const LEARNED: &[Entry] = &[
+    Entry {
+        id: "cgan-inpaint",
+        family: Family::CGan,
+        description: "Gated-convolution cGAN inpainting for real damage",
+    },
+    Entry {
+        id: "vae-faces",
+        family: Family::Vae,
+        description: "Face VAE: latent-optimisation inpainting of 64x64 faces",
+    },
+    Entry {
+        id: "gan-faces",
+        family: Family::Gan,
+        description: "Face GAN: GAN-inversion inpainting of 64x64 faces",
+    },
+    Entry {
+        id: "rl-refine",
+        family: Family::Rl,
+        description: "PixelRL agent that refines a fill step by step",
+    },
+];
+
+/// The model registry: where weights live, and which models exist.
+#[derive(Clone, Debug)]
+pub struct Registry {
+    weights_dir: PathBuf,
+}
+
+impl Default for Registry {
+    /// Looks for weights in `$KINTSUGI_WEIGHTS`, else `weights/` beside the executable's
+    /// project (the crate root when run with cargo), else `./weights`.
+    fn default() -> Self {
+        let dir = std::env::var_os("KINTSUGI_WEIGHTS")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("weights"));
+        let dir = if dir.is_dir() {
+            dir
+        } else {
+            PathBuf::from("weights")
+        };
+        Self::new(dir)
+    }
+}
+
+impl Registry {
+    /// A registry reading weights from `weights_dir`.
+    pub fn new(weights_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            weights_dir: weights_dir.into(),
+        }
+    }
+
+    /// The weights folder.
+    pub fn weights_dir(&self) -> &Path {
+        &self.weights_dir
+    }
+
+    /// Every model, with its availability.
+    pub fn list(&self) -> Vec<ModelInfo> {
+        let classical = CLASSICAL.iter().map(|e| ModelInfo {
+            id: e.id,
+            family: e.family,
+            description: e.description,
+            availability: Availability::Available,
+        });
+        let learned = LEARNED.iter().map(|e| ModelInfo {
+            id: e.id,
+            family: e.family,
+            description: e.description,
+            availability: Availability::Unavailable(self.learned_reason(e.id)),
+        });
+        classical.chain(learned).collect()
+    }
+
+    /// Why a learned model cannot run in this build.
+    fn learned_reason(&self, id: &str) -> String {
+        let weights = self.weights_dir.join(format!("{id}.safetensors"));
+        if !weights.is_file() {
+            format!("weights not found: {}", weights.display())
+        } else {
+            format!("the {id} network is not part of this build yet")
+        }
+    }
+
+    /// The restorer for `id`, or why there is none.
+    pub fn restorer(&self, id: &str) -> Result<Arc<dyn Restorer>, RestoreError> {
+        match id {
+            "telea" => Ok(Arc::new(Telea)),
+            "biharmonic" => Ok(Arc::new(Biharmonic)),
+            "patchmatch" => Ok(Arc::new(PatchMatch)),
+            other => match LEARNED.iter().find(|e| e.id == other) {
+                Some(e) => Err(RestoreError::Unavailable {
+                    id: e.id.to_owned(),
+                    reason: self.learned_reason(e.id),
+                }),
+                None => Err(RestoreError::UnknownModel(other.to_owned())),
+            },
+        }
+    }
+}
