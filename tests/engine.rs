@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kintsugi::engine::{Engine, EngineConfig, EngineError, Event, EventKind, JobId, JobKind, JobOutput};
+use kintsugi::engine::{
+    Engine, EngineConfig, EngineError, Event, EventKind, JobId, JobKind, JobOutput,
+};
 use kintsugi::restore::Params;
 
 fn engine() -> Engine {
@@ -57,9 +59,15 @@ fn events_arrive_in_order_with_one_terminal_each() {
     let events = collect_until_done(&e, ids[2]);
     for id in &ids {
         let mine: Vec<&Event> = events.iter().filter(|ev| ev.job == *id).collect();
-        assert!(matches!(mine.first().map(|e| &e.kind), Some(EventKind::Started)), "{mine:?}");
+        assert!(
+            matches!(mine.first().map(|e| &e.kind), Some(EventKind::Started)),
+            "{mine:?}"
+        );
         assert_eq!(mine.iter().filter(|e| e.kind.is_terminal()).count(), 1);
-        assert!(matches!(mine.last().map(|e| &e.kind), Some(EventKind::Done(_))));
+        assert!(matches!(
+            mine.last().map(|e| &e.kind),
+            Some(EventKind::Done(_))
+        ));
         let dones: Vec<u64> = mine
             .iter()
             .filter_map(|e| match e.kind {
@@ -67,7 +75,10 @@ fn events_arrive_in_order_with_one_terminal_each() {
                 _ => None,
             })
             .collect();
-        assert!(dones.windows(2).all(|w| w[0] <= w[1]), "progress went back: {dones:?}");
+        assert!(
+            dones.windows(2).all(|w| w[0] <= w[1]),
+            "progress went back: {dones:?}"
+        );
     }
     // Jobs run in submission order: each job's terminal event precedes the next one's start.
     let order: Vec<JobId> = events
@@ -94,7 +105,10 @@ fn cancel_stops_a_running_job_within_a_few_steps() {
     e.cancel(h.id);
     let events = collect_until_done(&e, h.id);
     let stopped_after = t0.elapsed();
-    assert!(matches!(events.last().map(|e| &e.kind), Some(EventKind::Cancelled)));
+    assert!(matches!(
+        events.last().map(|e| &e.kind),
+        Some(EventKind::Cancelled)
+    ));
     let extra = counter.load(Ordering::SeqCst) - at_cancel;
     assert!(extra <= 2, "job ran {extra} steps after cancel");
     assert!(stopped_after < Duration::from_secs(5));
@@ -108,7 +122,9 @@ fn a_job_cancelled_while_queued_never_starts() {
         .submit(counting_task(1_000_000, Arc::new(AtomicU64::new(0)), 1))
         .expect("submit");
     let counter = Arc::new(AtomicU64::new(0));
-    let queued = e.submit(counting_task(10, counter.clone(), 0)).expect("submit");
+    let queued = e
+        .submit(counting_task(10, counter.clone(), 0))
+        .expect("submit");
     e.cancel(queued.id);
     e.cancel(blocker.id);
     let events = collect_until_done(&e, queued.id);
@@ -144,12 +160,18 @@ fn a_panicking_job_fails_and_the_worker_keeps_serving() {
         })
         .expect("submit");
     let events = collect_until_done(&e, bad2.id);
-    assert!(matches!(events.last().map(|e| &e.kind), Some(EventKind::Failed(_))));
+    assert!(matches!(
+        events.last().map(|e| &e.kind),
+        Some(EventKind::Failed(_))
+    ));
     let good = e
         .submit(counting_task(3, Arc::new(AtomicU64::new(0)), 0))
         .expect("submit");
     let events = collect_until_done(&e, good.id);
-    assert!(matches!(events.last().map(|e| &e.kind), Some(EventKind::Done(_))));
+    assert!(matches!(
+        events.last().map(|e| &e.kind),
+        Some(EventKind::Done(_))
+    ));
 }
 
 #[test]
@@ -202,7 +224,10 @@ fn restore_job_changes_only_hole_pixels_and_streams_progress() {
                 assert_eq!(a, b, "{model}: known pixel {i} changed");
             } else {
                 for k in 0..3 {
-                    assert!((a[k] - b[k]).abs() < 0.05, "{model}: poor fill on a smooth gradient");
+                    assert!(
+                        (a[k] - b[k]).abs() < 0.05,
+                        "{model}: poor fill on a smooth gradient"
+                    );
                 }
             }
         }
@@ -212,7 +237,10 @@ fn restore_job_changes_only_hole_pixels_and_streams_progress() {
 #[test]
 fn unknown_and_unavailable_models_fail_cleanly() {
     let e = engine();
-    for (model, needle) in [("no-such-model", "unknown model"), ("cgan-inpaint", "unavailable")] {
+    for (model, needle) in [
+        ("no-such-model", "unknown model"),
+        ("cgan-inpaint", "unavailable"),
+    ] {
         let h = e
             .submit(JobKind::Restore {
                 image: Arc::new(common::gradient(8, 8, 3)),

@@ -30,7 +30,9 @@ fn sixteen_bit_png_and_tiff_round_trip_exactly() {
     let src = rgb16_test_image(23, 17);
     for ext in ["png", "tif"] {
         let input = d.path().join(format!("in16.{ext}"));
-        DynamicImage::ImageRgb16(src.clone()).save(&input).expect("write fixture");
+        DynamicImage::ImageRgb16(src.clone())
+            .save(&input)
+            .expect("write fixture");
         let loaded = load_image(&input).expect("load");
         assert_eq!(loaded.depth, BitDepth::U16, "{ext}");
         assert_eq!(loaded.pixels.channels(), 3);
@@ -48,7 +50,9 @@ fn eight_bit_formats_load_with_their_channels() {
     let rgb = RgbImage::from_fn(9, 7, |x, y| Rgb([(x * 20) as u8, (y * 30) as u8, 200]));
     for ext in ["png", "bmp", "webp", "tiff"] {
         let p = d.path().join(format!("a.{ext}"));
-        DynamicImage::ImageRgb8(rgb.clone()).save(&p).expect("write");
+        DynamicImage::ImageRgb8(rgb.clone())
+            .save(&p)
+            .expect("write");
         let l = load_image(&p).expect(ext);
         assert_eq!((l.pixels.width(), l.pixels.height()), (9, 7), "{ext}");
         assert_eq!(l.depth, BitDepth::U8);
@@ -64,9 +68,13 @@ fn eight_bit_formats_load_with_their_channels() {
     assert!((l.pixels.pixel(8, 8)[0] - 200.0 / 255.0).abs() < 0.03);
     // Grey + alpha keeps two channels.
     let p = d.path().join("ga.png");
-    DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_pixel(4, 4, image::LumaA([9, 128])))
-        .save(&p)
-        .expect("write");
+    DynamicImage::ImageLumaA8(image::GrayAlphaImage::from_pixel(
+        4,
+        4,
+        image::LumaA([9, 128]),
+    ))
+    .save(&p)
+    .expect("write");
     assert_eq!(load_image(&p).expect("la").pixels.channels(), 2);
 }
 
@@ -74,7 +82,13 @@ fn eight_bit_formats_load_with_their_channels() {
 fn exif_orientation_is_applied() {
     let d = dir();
     // A 4x2 image, left half red, right half blue, stored with orientation 6 (rotate 90 CW).
-    let img = RgbImage::from_fn(4, 2, |x, _| if x < 2 { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) });
+    let img = RgbImage::from_fn(4, 2, |x, _| {
+        if x < 2 {
+            Rgb([255, 0, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    });
     let p = d.path().join("rotated.jpg");
     let mut bytes = Vec::new();
     let mut enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 100);
@@ -92,12 +106,19 @@ fn exif_orientation_is_applied() {
         .and_then(|mut f| f.write_all(&bytes))
         .expect("write");
     let l = load_image(&p).expect("load");
-    assert_eq!((l.pixels.width(), l.pixels.height()), (2, 4), "rotation not applied");
+    assert_eq!(
+        (l.pixels.width(), l.pixels.height()),
+        (2, 4),
+        "rotation not applied"
+    );
     // Rotating 90 degrees clockwise puts the left (red) half on top.
     let top = l.pixels.pixel(0, 0);
     let bottom = l.pixels.pixel(1, 3);
     assert!(top[0] > 0.7 && top[2] < 0.3, "top should be red: {top:?}");
-    assert!(bottom[2] > 0.7 && bottom[0] < 0.3, "bottom should be blue: {bottom:?}");
+    assert!(
+        bottom[2] > 0.7 && bottom[0] < 0.3,
+        "bottom should be blue: {bottom:?}"
+    );
 }
 
 #[test]
@@ -154,7 +175,9 @@ fn decompression_bomb_is_refused_before_decoding() {
 
     // A real image over a small custom limit is refused the same way.
     let small = d.path().join("small.png");
-    DynamicImage::ImageRgb8(RgbImage::new(50, 40)).save(&small).expect("write");
+    DynamicImage::ImageRgb8(RgbImage::new(50, 40))
+        .save(&small)
+        .expect("write");
     let limits = LoadLimits {
         max_pixels: 1000,
         ..LoadLimits::default()
@@ -168,9 +191,11 @@ fn masks_hole_rules_and_size_mismatch() {
     let d = dir();
     // White-on-black greyscale.
     let grey = d.path().join("m.png");
-    DynamicImage::ImageLuma8(image::GrayImage::from_fn(6, 4, |x, _| image::Luma([if x == 2 { 255 } else { 0 }])))
-        .save(&grey)
-        .expect("write");
+    DynamicImage::ImageLuma8(image::GrayImage::from_fn(6, 4, |x, _| {
+        image::Luma([if x == 2 { 255 } else { 0 }])
+    }))
+    .save(&grey)
+    .expect("write");
     let m = load_mask(&grey, 6, 4).expect("mask");
     assert_eq!(m.count(), 4);
     assert!(m.get(2, 3) && !m.get(3, 3));
@@ -211,7 +236,11 @@ fn save_refuses_the_input_and_is_atomic() {
     // The same file through another spelling of its path.
     let sneaky = d.path().join(".").join("photo.png");
     assert!(save_image(&img, BitDepth::U8, &sneaky, Some(&input)).is_err());
-    assert_eq!(std::fs::read(&input).expect("read"), before, "input changed");
+    assert_eq!(
+        std::fs::read(&input).expect("read"),
+        before,
+        "input changed"
+    );
 
     // Unknown extension: clear error, nothing written.
     let bad = d.path().join("out.xyz");

@@ -18,7 +18,11 @@ use crate::restore::Params;
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Restorers to time, comma-separated.
-    #[arg(long, default_value = "telea,biharmonic,patchmatch", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "telea,biharmonic,patchmatch",
+        value_delimiter = ','
+    )]
     pub models: Vec<String>,
     /// Image sizes in megapixels, comma-separated; the first is the baseline.
     #[arg(long, default_value = "1,24", value_delimiter = ',')]
@@ -40,7 +44,10 @@ pub fn synthetic_scan(megapixels: f64) -> ImageF32 {
         let grain = ((x.wrapping_mul(73_856_093) ^ y.wrapping_mul(19_349_663) ^ (c * 83_492_791))
             % 1000) as f32
             / 1000.0;
-        (0.35 + 0.3 * fx + 0.15 * (fy * 17.0 + c as f32).sin() + 0.1 * ((fx + fy) * 90.0).sin()
+        (0.35
+            + 0.3 * fx
+            + 0.15 * (fy * 17.0 + c as f32).sin()
+            + 0.1 * ((fx + fy) * 90.0).sin()
             + 0.05 * grain)
             .clamp(0.0, 1.0)
     })

@@ -16,7 +16,9 @@ use super::progress::run_job;
 use crate::engine::{Engine, EngineConfig, JobKind, JobOutput};
 use crate::imaging::mask_synth::{synth_mask, SynthKind};
 use crate::imaging::metrics::{hole_l1, hole_psnr, psnr, ssim};
-use crate::imaging::{io::load_mask_any_size, load_image, save_image, BitDepth, ImageF32, Mask, Rect};
+use crate::imaging::{
+    io::load_mask_any_size, load_image, save_image, BitDepth, ImageF32, Mask, Rect,
+};
 
 /// Arguments of `eval`.
 #[derive(Debug, clap::Args)]
@@ -162,7 +164,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             continue;
         }
         if let Some(dir) = &args.export_pairs {
-            save_image(&clean, BitDepth::U8, &dir.join(format!("{i:03}_image.png")), Some(path))?;
+            save_image(
+                &clean,
+                BitDepth::U8,
+                &dir.join(format!("{i:03}_image.png")),
+                Some(path),
+            )?;
             crate::imaging::io::save_mask(&mask, &dir.join(format!("{i:03}_mask.png")), None)?;
         }
         let mut damaged = clean.clone();
@@ -179,7 +186,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             bail!("the {} job returned no image", args.model);
         };
         if let Some(dir) = &args.out_dir {
-            save_image(&result, BitDepth::U8, &dir.join(format!("{i:03}_{}.png", args.model)), Some(path))?;
+            save_image(
+                &result,
+                BitDepth::U8,
+                &dir.join(format!("{i:03}_{}.png", args.model)),
+                Some(path),
+            )?;
         }
         // Score the 8-bit image a user would save, like the tools we compare against.
         let result = quantise8(&result);
@@ -195,7 +207,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
         println!(
             "{:<24} {:<20} {:>6.2} {:>9.2} {:>8.4} {:>7.2} {:>6.4} {:>9.1}",
-            row.name, row.mask, row.coverage, row.hole_psnr, row.hole_l1, row.psnr, row.ssim, row.ms
+            row.name,
+            row.mask,
+            row.coverage,
+            row.hole_psnr,
+            row.hole_l1,
+            row.psnr,
+            row.ssim,
+            row.ms
         );
         rows.push(row);
     }
@@ -215,12 +234,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if let Some(csv) = &args.csv {
         let mut f = std::fs::File::create(csv)
             .with_context(|| format!("cannot create {}", csv.display()))?;
-        writeln!(f, "image,mask,model,hole_pct,hole_psnr,hole_l1,psnr,ssim,ms")?;
+        writeln!(
+            f,
+            "image,mask,model,hole_pct,hole_psnr,hole_l1,psnr,ssim,ms"
+        )?;
         for r in &rows {
             writeln!(
                 f,
                 "{},{},{},{:.4},{:.4},{:.6},{:.4},{:.6},{:.3}",
-                r.name, r.mask, args.model, r.coverage, r.hole_psnr, r.hole_l1, r.psnr, r.ssim, r.ms
+                r.name,
+                r.mask,
+                args.model,
+                r.coverage,
+                r.hole_psnr,
+                r.hole_l1,
+                r.psnr,
+                r.ssim,
+                r.ms
             )?;
         }
     }

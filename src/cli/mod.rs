@@ -14,7 +14,12 @@ use clap::{Parser, Subcommand};
 ///
 /// With no subcommand, opens the studio (optionally on IMAGE).
 #[derive(Debug, Parser)]
-#[command(name = "kintsugi", version, about, args_conflicts_with_subcommands = true)]
+#[command(
+    name = "kintsugi",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     /// Image to open in the studio.
     pub image: Option<PathBuf>,

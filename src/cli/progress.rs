@@ -16,7 +16,12 @@ pub struct Finished {
 }
 
 /// Submits `kind`, shows progress (unless `quiet`) and waits for the terminal event.
-pub fn run_job(engine: &Engine, kind: JobKind, label: &str, quiet: bool) -> anyhow::Result<Finished> {
+pub fn run_job(
+    engine: &Engine,
+    kind: JobKind,
+    label: &str,
+    quiet: bool,
+) -> anyhow::Result<Finished> {
     let start = Instant::now();
     let handle = engine.submit(kind)?;
     let bar = if quiet {

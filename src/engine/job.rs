@@ -58,12 +58,9 @@ pub enum JobKind {
 impl std::fmt::Debug for JobKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            JobKind::Restore { model, image, .. } => write!(
-                f,
-                "Restore({model}, {}x{})",
-                image.width(),
-                image.height()
-            ),
+            JobKind::Restore { model, image, .. } => {
+                write!(f, "Restore({model}, {}x{})", image.width(), image.height())
+            }
             JobKind::Task { name, .. } => write!(f, "Task({name})"),
         }
     }

@@ -72,7 +72,9 @@ pub enum ImagingError {
         path: PathBuf,
     },
     /// Neither the content nor the extension names a format we read.
-    #[error("{path}: unsupported or unrecognised image format (supported: PNG, JPEG, TIFF, WebP, BMP)")]
+    #[error(
+        "{path}: unsupported or unrecognised image format (supported: PNG, JPEG, TIFF, WebP, BMP)"
+    )]
     UnsupportedFormat {
         /// File concerned.
         path: PathBuf,
@@ -108,7 +110,9 @@ pub enum ImagingError {
         height: u32,
     },
     /// A mask whose size differs from its image.
-    #[error("mask {path} is {mask_width}x{mask_height} but the image is {image_width}x{image_height}")]
+    #[error(
+        "mask {path} is {mask_width}x{mask_height} but the image is {image_width}x{image_height}"
+    )]
     MaskSizeMismatch {
         /// Mask file.
         path: PathBuf,
@@ -207,7 +211,10 @@ pub fn mask_from_dynamic(img: &DynamicImage) -> Mask {
             let data = rgba.pixels().map(|p| p.0[3] != 0).collect();
             return Mask::from_vec(w, h, data).unwrap_or_else(|| Mask::new(w, h));
         }
-        let data = rgba.pixels().map(|p| p.0[..3].iter().any(|&v| v != 0)).collect();
+        let data = rgba
+            .pixels()
+            .map(|p| p.0[..3].iter().any(|&v| v != 0))
+            .collect();
         return Mask::from_vec(w, h, data).unwrap_or_else(|| Mask::new(w, h));
     }
     let rgb = img.to_rgb16();
@@ -237,9 +244,11 @@ fn decode(path: &Path, limits: &LoadLimits) -> Result<(DynamicImage, ImageFormat
             }
         })?);
     }
-    let format = reader.format().ok_or_else(|| ImagingError::UnsupportedFormat {
-        path: path.to_owned(),
-    })?;
+    let format = reader
+        .format()
+        .ok_or_else(|| ImagingError::UnsupportedFormat {
+            path: path.to_owned(),
+        })?;
     let mut lim = image::Limits::default();
     lim.max_image_width = Some(limits.max_side);
     lim.max_image_height = Some(limits.max_side);
@@ -449,11 +458,10 @@ pub fn save_image(
     let format = ImageFormat::from_path(path).map_err(|_| ImagingError::UnsupportedOutput {
         path: path.to_owned(),
     })?;
-    let (depth, dynimg) = encodable(img, depth, format).ok_or_else(|| {
-        ImagingError::UnsupportedOutput {
+    let (depth, dynimg) =
+        encodable(img, depth, format).ok_or_else(|| ImagingError::UnsupportedOutput {
             path: path.to_owned(),
-        }
-    })?;
+        })?;
     let write_err = |message: String| ImagingError::Write {
         path: path.to_owned(),
         message,
@@ -466,7 +474,12 @@ pub fn save_image(
         .prefix(".kintsugi-save-")
         .suffix(".tmp")
         .tempfile_in(&dir)
-        .map_err(|e| write_err(format!("cannot create a temporary file in {}: {e}", dir.display())))?;
+        .map_err(|e| {
+            write_err(format!(
+                "cannot create a temporary file in {}: {e}",
+                dir.display()
+            ))
+        })?;
     {
         let mut w = BufWriter::new(tmp.as_file());
         encode(&dynimg, format, &mut w).map_err(|e| write_err(e.to_string()))?;
@@ -476,7 +489,8 @@ pub fn save_image(
         .sync_all()
         .map_err(|e| write_err(e.to_string()))?;
     // `persist` renames within the folder: readers see the old file or the new one, never half.
-    tmp.persist(path).map_err(|e| write_err(e.error.to_string()))?;
+    tmp.persist(path)
+        .map_err(|e| write_err(e.error.to_string()))?;
     Ok(SaveReport { depth, format })
 }
 
@@ -488,10 +502,18 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-fn encodable(img: &ImageF32, depth: BitDepth, format: ImageFormat) -> Option<(BitDepth, DynamicImage)> {
+fn encodable(
+    img: &ImageF32,
+    depth: BitDepth,
+    format: ImageFormat,
+) -> Option<(BitDepth, DynamicImage)> {
     match format {
         ImageFormat::Png => {
-            let d = if depth == BitDepth::U8 { BitDepth::U8 } else { BitDepth::U16 };
+            let d = if depth == BitDepth::U8 {
+                BitDepth::U8
+            } else {
+                BitDepth::U16
+            };
             Some((d, from_f32(img, d)))
         }
         ImageFormat::Tiff => Some((depth, from_f32(img, depth))),
@@ -543,12 +565,19 @@ fn encode(img: &DynamicImage, format: ImageFormat, w: &mut impl Write) -> Result
 }
 
 /// Saves a mask as an 8-bit greyscale PNG (or any format by extension), white = hole, atomically.
-pub fn save_mask(mask: &Mask, path: &Path, input: Option<&Path>) -> Result<SaveReport, ImagingError> {
+pub fn save_mask(
+    mask: &Mask,
+    path: &Path,
+    input: Option<&Path>,
+) -> Result<SaveReport, ImagingError> {
     let img = ImageF32::from_vec(
         mask.width(),
         mask.height(),
         1,
-        mask.data().iter().map(|&h| if h { 1.0 } else { 0.0 }).collect(),
+        mask.data()
+            .iter()
+            .map(|&h| if h { 1.0 } else { 0.0 })
+            .collect(),
     )
     .unwrap_or_else(|| ImageF32::new(mask.width(), mask.height(), 1));
     save_image(&img, BitDepth::U8, path, input)

@@ -149,10 +149,22 @@ mod tests {
         let a = scratch_mask(200, 150, 7);
         assert_eq!(a, scratch_mask(200, 150, 7));
         assert_ne!(a, scratch_mask(200, 150, 8));
-        assert!(a.coverage() > 0.002 && a.coverage() < 0.2, "{}", a.coverage());
+        assert!(
+            a.coverage() > 0.002 && a.coverage() < 0.2,
+            "{}",
+            a.coverage()
+        );
         let d = dust_mask(300, 200, 1);
-        assert!(d.coverage() >= 0.005 && d.coverage() < 0.03, "{}", d.coverage());
+        assert!(
+            d.coverage() >= 0.005 && d.coverage() < 0.03,
+            "{}",
+            d.coverage()
+        );
         let s = scattered_damage(400, 300, 0.01, 3);
-        assert!(s.coverage() >= 0.01 && s.coverage() < 0.013, "{}", s.coverage());
+        assert!(
+            s.coverage() >= 0.01 && s.coverage() < 0.013,
+            "{}",
+            s.coverage()
+        );
     }
 }

@@ -79,8 +79,7 @@ pub fn ssim(a: &ImageF32, b: &ImageF32) -> f64 {
         let xx: Vec<f64> = x.iter().map(|v| v * v).collect();
         let yy: Vec<f64> = y.iter().map(|v| v * v).collect();
         let xy: Vec<f64> = x.iter().zip(&y).map(|(p, q)| p * q).collect();
-        let [mx, my, sxx, syy, sxy] =
-            [&x, &y, &xx, &yy, &xy].map(|v| blur(v, w, h, &kernel));
+        let [mx, my, sxx, syy, sxy] = [&x, &y, &xx, &yy, &xy].map(|v| blur(v, w, h, &kernel));
         for i in (0..w * h).filter(|i| {
             let (x, y) = (i % w, i / w);
             x >= pad && x < w - pad && y >= pad && y < h - pad
@@ -145,7 +144,9 @@ mod tests {
 
     #[test]
     fn identical_images() {
-        let a = ImageF32::from_fn(20, 15, 3, |x, y, c| ((x * 7 + y * 3 + c) % 11) as f32 / 10.0);
+        let a = ImageF32::from_fn(20, 15, 3, |x, y, c| {
+            ((x * 7 + y * 3 + c) % 11) as f32 / 10.0
+        });
         assert_eq!(psnr(&a, &a), f64::INFINITY);
         assert!((ssim(&a, &a) - 1.0).abs() < 1e-9);
         let m = Mask::from_fn(20, 15, |x, _| x < 5);

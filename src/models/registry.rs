@@ -82,7 +82,8 @@ const CLASSICAL: &[Entry] = &[
     Entry {
         id: "patchmatch",
         family: Family::Classical,
-        description: "PatchMatch completion: copies texture from the rest of the image into large holes",
+        description:
+            "PatchMatch completion: copies texture from the rest of the image into large holes",
     },
 ];
 

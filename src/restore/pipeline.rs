@@ -145,11 +145,9 @@ impl Reporter for RegionScope<'_> {
         self.outer.is_cancelled()
     }
     fn progress(&self, done: u64, total: u64, _message: &str) {
-        let local = if total == 0 {
-            0
-        } else {
-            self.weight * done.min(total) / total
-        };
+        let local = (self.weight * done.min(total))
+            .checked_div(total)
+            .unwrap_or(0);
         self.advance_to(local);
     }
     fn preview(&self, image: &ImageF32) {
@@ -258,7 +256,9 @@ mod tests {
         for r in &wide {
             for &i in &r.pixels {
                 let (x, y) = (i % 100, i / 100);
-                assert!(x >= r.crop.x && x < r.crop.right() && y >= r.crop.y && y < r.crop.bottom());
+                assert!(
+                    x >= r.crop.x && x < r.crop.right() && y >= r.crop.y && y < r.crop.bottom()
+                );
             }
         }
     }

@@ -5,7 +5,8 @@
 //! a fast-marching method (FMM) computes on the fly by solving the eikonal equation
 //! `|grad T| = 1`. Each pixel, when the front first reaches it, gets a weighted average of the
 //! first-order extrapolations `I(q) + grad I(q) . (p - q)` from the known pixels `q` within
-//! `radius`. The weight favours pixels along the front normal (`dir`), near `p` (`dst`) and on
+//! `radius` (with the first-order term damped and taken only from original pixels, see
+//! `GRAD_TERM`). The weight favours pixels along the front normal (`dir`), near `p` (`dst`) and on
 //! the same distance level (`lev`). To make `lev` meaningful on the known side as well, a short
 //! outward FMM pass first gives the known pixels near the hole a negative distance, so `T` is a
 //! signed distance across the hole boundary.
