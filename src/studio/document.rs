@@ -1,0 +1,534 @@
+//! The document being edited: the original image (never modified), the current result, the
+//! damage mask and the undo history.
+//!
+//! History entries store only the tiles that changed (before and after), so a brush stroke on a
+//! 24-megapixel scan costs a few kilobytes, not another copy of the scan.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::imaging::{BitDepth, ImageF32, Mask, Rect};
+
+/// Side of the square tiles in which history diffs are stored.
+const DIFF_TILE: usize = 64;
+
+/// History is trimmed (oldest first) above this many bytes of stored diffs.
+const HISTORY_BUDGET: usize = 1 << 30;
+
+/// A grid of samples that a [`TileDiff`] can read and write.
+trait Grid {
+    type Sample: Copy + PartialEq;
+    fn dims(&self) -> (usize, usize, usize);
+    fn samples(&self) -> &[Self::Sample];
+    fn samples_mut(&mut self) -> &mut [Self::Sample];
+}
+
+impl Grid for ImageF32 {
+    type Sample = f32;
+    fn dims(&self) -> (usize, usize, usize) {
+        (self.width(), self.height(), self.channels())
+    }
+    fn samples(&self) -> &[f32] {
+        self.data()
+    }
+    fn samples_mut(&mut self) -> &mut [f32] {
+        self.data_mut()
+    }
+}
+
+impl Grid for Mask {
+    type Sample = bool;
+    fn dims(&self) -> (usize, usize, usize) {
+        (self.width(), self.height(), 1)
+    }
+    fn samples(&self) -> &[bool] {
+        self.data()
+    }
+    fn samples_mut(&mut self) -> &mut [bool] {
+        self.data_mut()
+    }
+}
+
+/// The tiles of one grid that an edit changed, with their contents before and after.
+#[derive(Clone, Debug, Default)]
+pub struct TileDiff<T> {
+    tiles: Vec<(Rect, Vec<T>, Vec<T>)>,
+}
+
+impl<T: Copy + PartialEq> TileDiff<T> {
+    /// True when the edit changed nothing.
+    pub fn is_empty(&self) -> bool {
+        self.tiles.is_empty()
+    }
+
+    /// The smallest rectangle covering every changed tile.
+    pub fn bounds(&self) -> Option<Rect> {
+        self.tiles.iter().map(|t| t.0).reduce(|a, b| a.union(&b))
+    }
+
+    fn bytes(&self) -> usize {
+        self.tiles
+            .iter()
+            .map(|t| (t.1.len() + t.2.len()) * std::mem::size_of::<T>())
+            .sum()
+    }
+}
+
+fn read_rect<G: Grid>(g: &G, r: Rect) -> Vec<G::Sample> {
+    let (w, _, c) = g.dims();
+    let mut out = Vec::with_capacity(r.area() * c);
+    for y in r.y..r.bottom() {
+        let s = (y * w + r.x) * c;
+        out.extend_from_slice(&g.samples()[s..s + r.width * c]);
+    }
+    out
+}
+
+fn write_rect<G: Grid>(g: &mut G, r: Rect, src: &[G::Sample]) {
+    let (w, _, c) = g.dims();
+    let row = r.width * c;
+    for (i, y) in (r.y..r.bottom()).enumerate() {
+        let s = (y * w + r.x) * c;
+        g.samples_mut()[s..s + row].copy_from_slice(&src[i * row..(i + 1) * row]);
+    }
+}
+
+/// Tiles of a `width` x `height` grid that intersect `area`.
+fn tiles_in(width: usize, height: usize, area: Rect) -> impl Iterator<Item = Rect> {
+    let (tx0, ty0) = (area.x / DIFF_TILE, area.y / DIFF_TILE);
+    let tx1 = area.right().min(width).div_ceil(DIFF_TILE);
+    let ty1 = area.bottom().min(height).div_ceil(DIFF_TILE);
+    (ty0..ty1).flat_map(move |ty| {
+        (tx0..tx1).map(move |tx| {
+            let (x, y) = (tx * DIFF_TILE, ty * DIFF_TILE);
+            Rect {
+                x,
+                y,
+                width: DIFF_TILE.min(width - x),
+                height: DIFF_TILE.min(height - y),
+            }
+        })
+    })
+}
+
+/// Compares `before` and `after` (same size) inside `area` and keeps the tiles that differ.
+fn diff<G: Grid>(before: &G, after: &G, area: Rect) -> TileDiff<G::Sample> {
+    let (w, h, _) = before.dims();
+    let tiles = tiles_in(w, h, area)
+        .filter_map(|r| {
+            let (b, a) = (read_rect(before, r), read_rect(after, r));
+            (b != a).then_some((r, b, a))
+        })
+        .collect();
+    TileDiff { tiles }
+}
+
+fn apply<G: Grid>(g: &mut G, d: &TileDiff<G::Sample>, forward: bool) {
+    for (r, before, after) in &d.tiles {
+        write_rect(g, *r, if forward { after } else { before });
+    }
+}
+
+/// One undoable change.
+#[derive(Clone, Debug)]
+pub enum Edit {
+    /// A brush or eraser stroke, clear, invert or loaded mask.
+    Mask(TileDiff<bool>),
+    /// A repair applied to the image; the mask it consumed is cleared in the same step.
+    Repair {
+        /// Changed image tiles.
+        image: TileDiff<f32>,
+        /// Changed mask tiles.
+        mask: TileDiff<bool>,
+    },
+}
+
+impl Edit {
+    fn bytes(&self) -> usize {
+        match self {
+            Edit::Mask(m) => m.bytes(),
+            Edit::Repair { image, mask } => image.bytes() + mask.bytes(),
+        }
+    }
+}
+
+/// Which regions of the document changed since the textures were last updated.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Dirty {
+    /// Changed image pixels.
+    pub image: Option<Rect>,
+    /// Changed mask pixels.
+    pub mask: Option<Rect>,
+}
+
+fn grow(slot: &mut Option<Rect>, r: Rect) {
+    *slot = Some(match slot {
+        Some(s) => s.union(&r),
+        None => r,
+    });
+}
+
+/// An open image with its mask and history.
+pub struct Document {
+    /// Where the image came from (`None` for the built-in demo).
+    pub path: Option<PathBuf>,
+    /// Sample depth of the source, kept for Save As.
+    pub depth: BitDepth,
+    original: Arc<ImageF32>,
+    current: Arc<ImageF32>,
+    mask: Arc<Mask>,
+    undo: Vec<Edit>,
+    redo: Vec<Edit>,
+    /// The mask as it was when the running stroke began (freed when the stroke ends).
+    stroke_start: Option<(Mask, Option<Rect>)>,
+    dirty: Dirty,
+    /// True when the image differs from what was last saved (or loaded).
+    pub unsaved: bool,
+}
+
+impl Document {
+    /// A document for `image` with an empty mask.
+    pub fn new(image: ImageF32, depth: BitDepth, path: Option<PathBuf>) -> Self {
+        let mask = Mask::new(image.width(), image.height());
+        let image = Arc::new(image);
+        Self {
+            path,
+            depth,
+            original: image.clone(),
+            current: image,
+            mask: Arc::new(mask),
+            undo: Vec::new(),
+            redo: Vec::new(),
+            stroke_start: None,
+            dirty: Dirty::default(),
+            unsaved: false,
+        }
+    }
+
+    /// A document for `image` whose mask starts as `mask` (ignored if its size differs).
+    pub fn with_mask(image: ImageF32, mask: Mask, depth: BitDepth, path: Option<PathBuf>) -> Self {
+        let mut doc = Self::new(image, depth, path);
+        if mask.width() == doc.width() && mask.height() == doc.height() {
+            doc.mask = Arc::new(mask);
+        }
+        doc
+    }
+
+    /// Width in pixels.
+    pub fn width(&self) -> usize {
+        self.current.width()
+    }
+
+    /// Height in pixels.
+    pub fn height(&self) -> usize {
+        self.current.height()
+    }
+
+    /// The whole image as a rectangle.
+    pub fn full_rect(&self) -> Rect {
+        Rect {
+            x: 0,
+            y: 0,
+            width: self.width(),
+            height: self.height(),
+        }
+    }
+
+    /// The image as loaded.
+    pub fn original(&self) -> &Arc<ImageF32> {
+        &self.original
+    }
+
+    /// The image with every applied repair.
+    pub fn current(&self) -> &Arc<ImageF32> {
+        &self.current
+    }
+
+    /// The damage mask.
+    pub fn mask(&self) -> &Arc<Mask> {
+        &self.mask
+    }
+
+    /// Takes the regions changed since the last call.
+    pub fn take_dirty(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Whether there is something to undo.
+    pub fn can_undo(&self) -> bool {
+        !self.undo.is_empty()
+    }
+
+    /// Whether there is something to redo.
+    pub fn can_redo(&self) -> bool {
+        !self.redo.is_empty()
+    }
+
+    /// Number of entries in the undo stack.
+    pub fn undo_len(&self) -> usize {
+        self.undo.len()
+    }
+
+    fn push(&mut self, edit: Edit) {
+        self.redo.clear();
+        self.undo.push(edit);
+        let mut total: usize = self.undo.iter().map(Edit::bytes).sum();
+        // Drop the oldest steps rather than grow without bound on huge scans.
+        while total > HISTORY_BUDGET && self.undo.len() > 1 {
+            total -= self.undo.remove(0).bytes();
+        }
+    }
+
+    /// Starts a brush or eraser stroke; the mask is remembered until [`Self::end_stroke`].
+    pub fn begin_stroke(&mut self) {
+        if self.stroke_start.is_none() {
+            self.stroke_start = Some(((*self.mask).clone(), None));
+        }
+    }
+
+    /// True between [`Self::begin_stroke`] and [`Self::end_stroke`].
+    pub fn in_stroke(&self) -> bool {
+        self.stroke_start.is_some()
+    }
+
+    /// Paints (or erases) a capsule of `radius` image pixels from `a` to `b` (image
+    /// coordinates, pixel centres at `+0.5`). Painting whole segments keeps strokes continuous
+    /// however fast the pointer moves and whatever the zoom.
+    pub fn paint_segment(&mut self, a: [f32; 2], b: [f32; 2], radius: f32, hole: bool) {
+        let (w, h) = (self.width() as f32, self.height() as f32);
+        let r = radius.max(0.5);
+        let x0 = (a[0].min(b[0]) - r).floor().max(0.0);
+        let y0 = (a[1].min(b[1]) - r).floor().max(0.0);
+        let x1 = (a[0].max(b[0]) + r).ceil().min(w);
+        let y1 = (a[1].max(b[1]) + r).ceil().min(h);
+        if x1 <= x0 || y1 <= y0 {
+            return;
+        }
+        let rect = Rect {
+            x: x0 as usize,
+            y: y0 as usize,
+            width: (x1 - x0) as usize,
+            height: (y1 - y0) as usize,
+        };
+        let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
+        let len2 = dx * dx + dy * dy;
+        let mask = Arc::make_mut(&mut self.mask);
+        let mut touched = false;
+        for y in rect.y..rect.bottom() {
+            for x in rect.x..rect.right() {
+                let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
+                // Distance from the pixel centre to the segment.
+                let t = if len2 > 0.0 {
+                    (((px - a[0]) * dx + (py - a[1]) * dy) / len2).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                let (qx, qy) = (a[0] + t * dx - px, a[1] + t * dy - py);
+                if qx * qx + qy * qy <= r * r && mask.get(x, y) != hole {
+                    mask.set(x, y, hole);
+                    touched = true;
+                }
+            }
+        }
+        if touched {
+            grow(&mut self.dirty.mask, rect);
+            if let Some((_, area)) = &mut self.stroke_start {
+                grow(area, rect);
+            }
+        }
+    }
+
+    /// Ends the stroke and records it in the history; returns whether anything changed.
+    pub fn end_stroke(&mut self) -> bool {
+        let Some((before, area)) = self.stroke_start.take() else {
+            return false;
+        };
+        let Some(area) = area else {
+            return false;
+        };
+        let d = diff(&before, &*self.mask, area);
+        if d.is_empty() {
+            return false;
+        }
+        self.push(Edit::Mask(d));
+        true
+    }
+
+    /// Replaces the whole mask as one undoable step (clear, invert, load).
+    pub fn replace_mask(&mut self, new: Mask) -> bool {
+        if new.width() != self.width() || new.height() != self.height() {
+            return false;
+        }
+        let d = diff(&*self.mask, &new, self.full_rect());
+        if d.is_empty() {
+            return false;
+        }
+        if let Some(b) = d.bounds() {
+            grow(&mut self.dirty.mask, b);
+        }
+        self.mask = Arc::new(new);
+        self.push(Edit::Mask(d));
+        true
+    }
+
+    /// Applies a finished repair: `result` becomes the current image, and the holes it filled
+    /// are cleared from the mask, both in one undo step. Only tiles that hold holes are
+    /// compared, since the pipeline leaves every other pixel bit-identical.
+    pub fn apply_repair(&mut self, result: &ImageF32, holes: &Mask) -> Option<Rect> {
+        if result.width() != self.width()
+            || result.height() != self.height()
+            || result.channels() != self.current.channels()
+        {
+            return None;
+        }
+        let area = holes.bounding_box()?;
+        let (w, h) = (self.width(), self.height());
+        let mut image_diff = TileDiff { tiles: Vec::new() };
+        let mut mask_diff = TileDiff { tiles: Vec::new() };
+        let current = Arc::make_mut(&mut self.current);
+        let mask = Arc::make_mut(&mut self.mask);
+        for r in tiles_in(w, h, area) {
+            let hole_tile = read_rect(holes, r);
+            if !hole_tile.iter().any(|&b| b) {
+                continue;
+            }
+            // Take only the hole pixels from the result: if the user edited elsewhere while
+            // the job ran, those edits survive.
+            let before = read_rect(current, r);
+            let from_job = read_rect(result, r);
+            let c = current.channels();
+            let after: Vec<f32> = before
+                .chunks(c)
+                .zip(from_job.chunks(c))
+                .zip(&hole_tile)
+                .flat_map(|((b, j), &hole)| if hole { j } else { b }.iter().copied())
+                .collect();
+            if before != after {
+                write_rect(current, r, &after);
+                image_diff.tiles.push((r, before, after));
+            }
+            let mask_before = read_rect(mask, r);
+            let mask_after: Vec<bool> = mask_before
+                .iter()
+                .zip(&hole_tile)
+                .map(|(&m, &hole)| m && !hole)
+                .collect();
+            if mask_before != mask_after {
+                write_rect(mask, r, &mask_after);
+                mask_diff.tiles.push((r, mask_before, mask_after));
+            }
+        }
+        let bounds = match (image_diff.bounds(), mask_diff.bounds()) {
+            (Some(a), Some(b)) => Some(a.union(&b)),
+            (a, b) => a.or(b),
+        }?;
+        if let Some(b) = image_diff.bounds() {
+            grow(&mut self.dirty.image, b);
+            self.unsaved = true;
+        }
+        if let Some(b) = mask_diff.bounds() {
+            grow(&mut self.dirty.mask, b);
+        }
+        self.push(Edit::Repair {
+            image: image_diff,
+            mask: mask_diff,
+        });
+        Some(bounds)
+    }
+
+    fn replay(&mut self, edit: &Edit, forward: bool) {
+        match edit {
+            Edit::Mask(m) => {
+                apply(Arc::make_mut(&mut self.mask), m, forward);
+                if let Some(b) = m.bounds() {
+                    grow(&mut self.dirty.mask, b);
+                }
+            }
+            Edit::Repair { image, mask } => {
+                apply(Arc::make_mut(&mut self.current), image, forward);
+                apply(Arc::make_mut(&mut self.mask), mask, forward);
+                if let Some(b) = image.bounds() {
+                    grow(&mut self.dirty.image, b);
+                    self.unsaved = true;
+                }
+                if let Some(b) = mask.bounds() {
+                    grow(&mut self.dirty.mask, b);
+                }
+            }
+        }
+    }
+
+    /// Reverts the newest edit; returns false when there is none.
+    pub fn undo(&mut self) -> bool {
+        let _ = self.end_stroke();
+        let Some(edit) = self.undo.pop() else {
+            return false;
+        };
+        self.replay(&edit, false);
+        self.redo.push(edit);
+        true
+    }
+
+    /// Re-applies the newest undone edit; returns false when there is none.
+    pub fn redo(&mut self) -> bool {
+        let Some(edit) = self.redo.pop() else {
+            return false;
+        };
+        self.replay(&edit, true);
+        self.undo.push(edit);
+        true
+    }
+
+    /// Marks everything for a full texture upload (after opening).
+    pub fn mark_all_dirty(&mut self) {
+        let r = self.full_rect();
+        self.dirty = Dirty {
+            image: Some(r),
+            mask: Some(r),
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stroke_undo_redo_round_trip() {
+        let img = ImageF32::from_fn(150, 90, 3, |x, y, c| ((x + y + c) % 7) as f32 / 7.0);
+        let mut doc = Document::new(img, BitDepth::U8, None);
+        doc.begin_stroke();
+        doc.paint_segment([10.0, 10.0], [140.0, 80.0], 3.0, true);
+        assert!(doc.end_stroke());
+        let painted = doc.mask().count();
+        assert!(painted > 100);
+        assert!(doc.undo());
+        assert_eq!(doc.mask().count(), 0);
+        assert!(doc.redo());
+        assert_eq!(doc.mask().count(), painted);
+    }
+
+    #[test]
+    fn repair_diff_covers_only_hole_tiles() {
+        let img = ImageF32::new(300, 300, 1);
+        let mut doc = Document::new(img, BitDepth::U16, None);
+        doc.begin_stroke();
+        doc.paint_segment([5.0, 5.0], [6.0, 6.0], 2.0, true);
+        doc.end_stroke();
+        let holes = (**doc.mask()).clone();
+        let mut result = (**doc.current()).clone();
+        for y in 0..300 {
+            for x in 0..300 {
+                if holes.get(x, y) {
+                    result.pixel_mut(x, y)[0] = 1.0;
+                }
+            }
+        }
+        let b = doc.apply_repair(&result, &holes).expect("changed");
+        assert!(b.width <= DIFF_TILE && b.height <= DIFF_TILE);
+        assert_eq!(doc.mask().count(), 0);
+        assert!(doc.undo());
+        assert_eq!(doc.current().data(), doc.original().data());
+        assert_eq!(doc.mask().count(), holes.count());
+    }
+}
