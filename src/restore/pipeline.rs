@@ -43,8 +43,17 @@ pub struct Region {
     pub pixels: Vec<usize>,
 }
 
+/// Regions are not merged beyond this many pixels (unless one of them is already larger): a
+/// scan with dense scattered dust would otherwise chain into one whole-image crop, which runs
+/// on one thread and streams no preview until it is done.
+pub const MAX_MERGED_AREA: usize = 384 * 384;
+
 /// Finds 8-connected hole components, grows each by the restorer's context margin, and merges
-/// components whose grown boxes overlap into one region.
+/// components whose grown boxes overlap into one region, up to [`MAX_MERGED_AREA`].
+///
+/// Crops of regions that were not merged may still overlap; that is harmless because every
+/// crop's mask marks all holes inside it (no hole is ever read as known) and each region pastes
+/// back only its own pixels.
 pub fn find_regions(mask: &Mask, margin: impl Fn(Rect) -> usize) -> Vec<Region> {
     let (w, h) = (mask.width(), mask.height());
     let mut todo = mask.data().to_vec();
@@ -100,7 +109,14 @@ fn merge_overlapping(mut regions: Vec<Region>) -> Vec<Region> {
         let mut active: Vec<usize> = Vec::new();
         for r in regions {
             active.retain(|&k| merged[k].crop.right() > r.crop.x);
-            if let Some(&k) = active.iter().find(|&&k| merged[k].crop.intersects(&r.crop)) {
+            let fits = |m: &Region| {
+                let u = m.crop.union(&r.crop).area();
+                u <= MAX_MERGED_AREA.max(m.crop.area()).max(r.crop.area())
+            };
+            if let Some(&k) = active
+                .iter()
+                .find(|&&k| merged[k].crop.intersects(&r.crop) && fits(&merged[k]))
+            {
                 let m = &mut merged[k];
                 m.crop = m.crop.union(&r.crop);
                 m.pixels.extend(r.pixels);
@@ -253,6 +269,12 @@ mod tests {
         let mut sizes: Vec<usize> = wide.iter().map(|r| r.pixels.len()).collect();
         sizes.sort();
         assert_eq!(sizes, vec![1, 3]);
+        // A dense chain of specks does not collapse into one huge region.
+        let chain = Mask::from_fn(4000, 50, |x, y| y == 25 && x % 40 == 0);
+        let regions = find_regions(&chain, |_| 30);
+        assert!(regions.len() >= 2, "{} regions", regions.len());
+        assert!(regions.iter().all(|r| r.crop.area() <= MAX_MERGED_AREA));
+        assert_eq!(regions.iter().map(|r| r.pixels.len()).sum::<usize>(), 100);
         for r in &wide {
             for &i in &r.pixels {
                 let (x, y) = (i % 100, i / 100);

@@ -8,13 +8,16 @@ use crossbeam_channel::Receiver;
 use egui::Color32;
 
 use super::canvas::CanvasState;
-use super::document::Document;
+use super::document::{coalesce, Document};
 use super::textures::{ImageSource, LayerTextures, MaskSource};
 use crate::engine::{Engine, EngineConfig, EventKind, JobId, JobKind, JobOutput};
 use crate::imaging::io::save_mask;
 use crate::imaging::{load_image, save_image, BitDepth, ImageF32, LoadedImage, Mask, Rect};
 use crate::models::registry::{Availability, ModelInfo, Registry};
 use crate::restore::{ParamSpec, Params};
+
+/// Grid cell (pixels) on which dirty rectangles are merged before texture updates.
+const DIRTY_CELL: usize = 512;
 
 /// Colour of the damage overlay (premultiplied by its alpha when drawn).
 pub(super) const OVERLAY: Color32 = Color32::from_rgba_premultiplied(150, 20, 60, 150);
@@ -686,10 +689,10 @@ impl StudioApp {
             return;
         };
         let dirty = doc.take_dirty();
-        if let Some(r) = dirty.image {
+        for r in coalesce(&dirty.image, DIRTY_CELL) {
             tex.image.update(&ImageSource::new(doc.current()), r);
         }
-        if let Some(r) = dirty.mask {
+        for r in coalesce(&dirty.mask, DIRTY_CELL) {
             tex.mask.update(&MaskSource(doc.mask(), OVERLAY), r);
         }
     }

@@ -153,12 +153,43 @@ impl Edit {
 }
 
 /// Which regions of the document changed since the textures were last updated.
-#[derive(Clone, Copy, Debug, Default)]
+///
+/// Kept as a list of rectangles, not one bounding box: a repair of scattered dust on a large
+/// scan touches a few hundred small tiles, and re-uploading their bounding box (often the
+/// whole scan) would stall the UI for a noticeable fraction of a second.
+#[derive(Clone, Debug, Default)]
 pub struct Dirty {
     /// Changed image pixels.
-    pub image: Option<Rect>,
+    pub image: Vec<Rect>,
     /// Changed mask pixels.
-    pub mask: Option<Rect>,
+    pub mask: Vec<Rect>,
+}
+
+/// Merges `rects` cell by cell on a `cell`-pixel grid: each rectangle is clipped to the cells
+/// it covers and the pieces in one cell are replaced by their bounding box. Bounds the number
+/// of texture updates while keeping each close to what changed.
+pub fn coalesce(rects: &[Rect], cell: usize) -> Vec<Rect> {
+    let cell = cell.max(1);
+    let mut cells: std::collections::BTreeMap<(usize, usize), Rect> = Default::default();
+    for r in rects.iter().filter(|r| r.area() > 0) {
+        for cy in r.y / cell..=(r.bottom() - 1) / cell {
+            for cx in r.x / cell..=(r.right() - 1) / cell {
+                let (x0, y0) = (r.x.max(cx * cell), r.y.max(cy * cell));
+                let (x1, y1) = (r.right().min((cx + 1) * cell), r.bottom().min((cy + 1) * cell));
+                let piece = Rect {
+                    x: x0,
+                    y: y0,
+                    width: x1 - x0,
+                    height: y1 - y0,
+                };
+                cells
+                    .entry((cx, cy))
+                    .and_modify(|u| *u = u.union(&piece))
+                    .or_insert(piece);
+            }
+        }
+    }
+    cells.into_values().collect()
 }
 
 fn grow(slot: &mut Option<Rect>, r: Rect) {
@@ -166,6 +197,10 @@ fn grow(slot: &mut Option<Rect>, r: Rect) {
         Some(s) => s.union(&r),
         None => r,
     });
+}
+
+fn mark_diff<T>(list: &mut Vec<Rect>, d: &TileDiff<T>) {
+    list.extend(d.tiles.iter().map(|t| t.0));
 }
 
 /// An open image with its mask and history.
@@ -331,7 +366,7 @@ impl Document {
             }
         }
         if touched {
-            grow(&mut self.dirty.mask, rect);
+            self.dirty.mask.push(rect);
             if let Some((_, area)) = &mut self.stroke_start {
                 grow(area, rect);
             }
@@ -363,9 +398,7 @@ impl Document {
         if d.is_empty() {
             return false;
         }
-        if let Some(b) = d.bounds() {
-            grow(&mut self.dirty.mask, b);
-        }
+        mark_diff(&mut self.dirty.mask, &d);
         self.mask = Arc::new(new);
         self.push(Edit::Mask(d));
         true
@@ -422,13 +455,11 @@ impl Document {
             (Some(a), Some(b)) => Some(a.union(&b)),
             (a, b) => a.or(b),
         }?;
-        if let Some(b) = image_diff.bounds() {
-            grow(&mut self.dirty.image, b);
+        if !image_diff.is_empty() {
+            mark_diff(&mut self.dirty.image, &image_diff);
             self.unsaved = true;
         }
-        if let Some(b) = mask_diff.bounds() {
-            grow(&mut self.dirty.mask, b);
-        }
+        mark_diff(&mut self.dirty.mask, &mask_diff);
         self.push(Edit::Repair {
             image: image_diff,
             mask: mask_diff,
@@ -440,20 +471,16 @@ impl Document {
         match edit {
             Edit::Mask(m) => {
                 apply(Arc::make_mut(&mut self.mask), m, forward);
-                if let Some(b) = m.bounds() {
-                    grow(&mut self.dirty.mask, b);
-                }
+                mark_diff(&mut self.dirty.mask, m);
             }
             Edit::Repair { image, mask } => {
                 apply(Arc::make_mut(&mut self.current), image, forward);
                 apply(Arc::make_mut(&mut self.mask), mask, forward);
-                if let Some(b) = image.bounds() {
-                    grow(&mut self.dirty.image, b);
+                if !image.is_empty() {
+                    mark_diff(&mut self.dirty.image, image);
                     self.unsaved = true;
                 }
-                if let Some(b) = mask.bounds() {
-                    grow(&mut self.dirty.mask, b);
-                }
+                mark_diff(&mut self.dirty.mask, mask);
             }
         }
     }
@@ -483,14 +510,31 @@ impl Document {
     pub fn mark_all_dirty(&mut self) {
         let r = self.full_rect();
         self.dirty = Dirty {
-            image: Some(r),
-            mask: Some(r),
+            image: vec![r],
+            mask: vec![r],
         };
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn coalesce_merges_per_cell_and_covers_everything() {
+        let r = |x, y, width, height| Rect { x, y, width, height };
+        let rects = [r(0, 0, 10, 10), r(20, 20, 5, 5), r(600, 600, 30, 30), r(1020, 5, 10, 4)];
+        let out = coalesce(&rects, 512);
+        // The two in cell (0,0) merge; the last one straddles cells (1,0) and (2,0).
+        assert_eq!(out.len(), 1 + 1 + 2);
+        for src in &rects {
+            for y in src.y..src.bottom() {
+                for x in src.x..src.right() {
+                    assert!(out.iter().any(|o| x >= o.x && x < o.right() && y >= o.y && y < o.bottom()));
+                }
+            }
+        }
+        assert!(out.iter().map(|o| o.area()).sum::<usize>() < 30_000);
+    }
+
     use super::*;
 
     #[test]
