@@ -18,7 +18,9 @@ use kintsugi::studio::StudioApp;
 fn scan(w: usize, h: usize) -> ImageF32 {
     ImageF32::from_fn(w, h, 3, |x, y, c| {
         let (fx, fy) = (x as f32 / w as f32, y as f32 / h as f32);
-        (0.3 + 0.4 * fx + 0.1 * (fy * 40.0 + c as f32).sin() + 0.05 * ((x * 7 + y * 3) % 5) as f32 / 5.0)
+        (0.3 + 0.4 * fx
+            + 0.1 * (fy * 40.0 + c as f32).sin()
+            + 0.05 * ((x * 7 + y * 3) % 5) as f32 / 5.0)
             .clamp(0.0, 1.0)
     })
 }
@@ -94,7 +96,12 @@ fn main() {
     }
     println!(
         "cancel to stopped: {:.1} ms (target < 200 ms); status: {}",
-        hn.state().timings().cancel_latency.unwrap_or_default().as_secs_f64() * 1e3,
+        hn.state()
+            .timings()
+            .cancel_latency
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1e3,
         hn.state().job_status()
     );
 }
