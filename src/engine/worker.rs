@@ -44,6 +44,14 @@ impl EventSink {
         }
     }
 
+    /// Whether a preview sent now would pass the throttle (without claiming the slot).
+    pub(crate) fn preview_due(&self) -> bool {
+        self.last
+            .lock()
+            .map(|l| l.1.is_none_or(|t| t.elapsed() >= THROTTLE))
+            .unwrap_or(true)
+    }
+
     /// True when enough time passed since the last event of this kind (0 progress, 1 preview).
     fn due(&self, which: usize, force: bool) -> bool {
         let Ok(mut l) = self.last.lock() else {
@@ -118,6 +126,9 @@ impl RegionReporter for PipelineReporter<'_> {
     }
     fn preview(&self, x: usize, y: usize, patch: &ImageF32) {
         self.0.preview(x, y, patch);
+    }
+    fn wants_preview(&self) -> bool {
+        self.0.sink.preview_due()
     }
 }
 

@@ -21,6 +21,11 @@ pub trait RegionReporter: Sync {
     fn progress(&self, done: u64, total: u64, message: &str);
     /// New pixels for the rectangle whose top-left corner is `(x, y)`.
     fn preview(&self, x: usize, y: usize, patch: &ImageF32);
+    /// Whether a preview sent now would be used; lets callers skip building one that a
+    /// throttled consumer would drop.
+    fn wants_preview(&self) -> bool {
+        true
+    }
 }
 
 /// A region reporter that never cancels and drops every report.
@@ -32,6 +37,9 @@ impl RegionReporter for Silent {
     }
     fn progress(&self, _: u64, _: u64, _: &str) {}
     fn preview(&self, _: usize, _: usize, _: &ImageF32) {}
+    fn wants_preview(&self) -> bool {
+        false
+    }
 }
 
 /// One crop to restore: the rectangle, and the hole pixels (full-image indices) it owns.
@@ -183,72 +191,92 @@ pub fn restore_image(
 ) -> Result<ImageF32, RestoreError> {
     check_inputs(image, mask)?;
     let regions = find_regions(mask, |b| restorer.context_margin(params, b));
+    checkpoint_full(rep)?;
     let total: u64 = regions.iter().map(|r| r.pixels.len() as u64).sum();
     let global = AtomicU64::new(0);
-    let out = Mutex::new(image.clone());
+    // Each region's fill, in the order of its `pixels`. The full-size output is assembled only
+    // at the end, so a job on a large scan starts (and can be cancelled) without first copying
+    // the whole image.
+    let fills: Vec<Mutex<Vec<f32>>> = regions.iter().map(|_| Mutex::new(Vec::new())).collect();
     let w = image.width();
+    let c = image.channels();
     let message = restorer.id();
     rep.progress(0, total, message);
-    regions.par_iter().try_for_each(|region| {
-        if rep.is_cancelled() {
-            return Err(RestoreError::Cancelled);
-        }
-        let crop_img = image.crop(region.crop);
-        let crop_mask = mask.crop(region.crop);
-        let scope = RegionScope {
-            outer: rep,
-            crop: region.crop,
-            weight: region.pixels.len() as u64,
-            reported: AtomicU64::new(0),
-            global: &global,
-            total,
-            message,
-        };
-        let restored = restorer.restore(&crop_img, &crop_mask, params, &scope)?;
-        if restored.width() != crop_img.width()
-            || restored.height() != crop_img.height()
-            || restored.channels() != crop_img.channels()
-        {
-            return Err(RestoreError::Failed(format!(
-                "{} returned a {}x{}x{} image for a {}x{}x{} crop",
-                restorer.id(),
-                restored.width(),
-                restored.height(),
-                restored.channels(),
-                crop_img.width(),
-                crop_img.height(),
-                crop_img.channels()
-            )));
-        }
-        let c = image.channels();
-        let (cx, cy) = (region.crop.x, region.crop.y);
-        for &i in &region.pixels {
-            let s = restored.index(i % w - cx, i / w - cy);
-            if restored.data()[s..s + c].iter().any(|v| !v.is_finite()) {
+    regions
+        .par_iter()
+        .zip(&fills)
+        .try_for_each(|(region, fill)| {
+            checkpoint_full(rep)?;
+            let crop_img = image.crop(region.crop);
+            let crop_mask = mask.crop(region.crop);
+            let scope = RegionScope {
+                outer: rep,
+                crop: region.crop,
+                weight: region.pixels.len() as u64,
+                reported: AtomicU64::new(0),
+                global: &global,
+                total,
+                message,
+            };
+            let restored = restorer.restore(&crop_img, &crop_mask, params, &scope)?;
+            if restored.width() != crop_img.width()
+                || restored.height() != crop_img.height()
+                || restored.channels() != crop_img.channels()
+            {
+                return Err(RestoreError::Failed(format!(
+                    "{} returned a {}x{}x{} image for a {}x{}x{} crop",
+                    restorer.id(),
+                    restored.width(),
+                    restored.height(),
+                    restored.channels(),
+                    crop_img.width(),
+                    crop_img.height(),
+                    crop_img.channels()
+                )));
+            }
+            let (cx, cy) = (region.crop.x, region.crop.y);
+            let mut values = Vec::with_capacity(region.pixels.len() * c);
+            for &i in &region.pixels {
+                let s = restored.index(i % w - cx, i / w - cy);
+                values.extend_from_slice(&restored.data()[s..s + c]);
+            }
+            if values.iter().any(|v| !v.is_finite()) {
                 return Err(RestoreError::Failed(format!(
                     "{} produced non-finite values",
                     restorer.id()
                 )));
             }
-        }
-        {
-            let mut guard = out
+            *fill
                 .lock()
-                .map_err(|_| RestoreError::Failed("a region worker panicked".into()))?;
-            let dst = guard.data_mut();
-            for &i in &region.pixels {
-                let s = restored.index(i % w - cx, i / w - cy);
-                dst[i * c..(i + 1) * c].copy_from_slice(&restored.data()[s..s + c]);
+                .map_err(|_| RestoreError::Failed("a region worker panicked".into()))? = values;
+            scope.advance_to(scope.weight);
+            if rep.wants_preview() {
+                let mut done_patch = crop_img;
+                done_patch.paste(&restored, 0, 0, Some(&crop_mask));
+                rep.preview(cx, cy, &done_patch);
             }
+            Ok(())
+        })?;
+    checkpoint_full(rep)?;
+    let mut out = image.clone();
+    let dst = out.data_mut();
+    for (region, fill) in regions.iter().zip(fills) {
+        let values = fill
+            .into_inner()
+            .map_err(|_| RestoreError::Failed("a region worker panicked".into()))?;
+        for (&i, v) in region.pixels.iter().zip(values.chunks_exact(c)) {
+            dst[i * c..(i + 1) * c].copy_from_slice(v);
         }
-        scope.advance_to(scope.weight);
-        let mut done_patch = image.crop(region.crop);
-        done_patch.paste(&restored, 0, 0, Some(&crop_mask));
-        rep.preview(cx, cy, &done_patch);
+    }
+    Ok(out)
+}
+
+fn checkpoint_full(rep: &dyn RegionReporter) -> Result<(), RestoreError> {
+    if rep.is_cancelled() {
+        Err(RestoreError::Cancelled)
+    } else {
         Ok(())
-    })?;
-    out.into_inner()
-        .map_err(|_| RestoreError::Failed("a region worker panicked".into()))
+    }
 }
 
 #[cfg(test)]

@@ -16,8 +16,9 @@ use crate::imaging::{load_image, save_image, BitDepth, ImageF32, LoadedImage, Ma
 use crate::models::registry::{Availability, ModelInfo, Registry};
 use crate::restore::{ParamSpec, Params};
 
-/// Grid cell (pixels) on which dirty rectangles are merged before texture updates.
-const DIRTY_CELL: usize = 512;
+/// Grid cell (pixels) on which dirty rectangles are merged before texture updates: small
+/// enough that scattered dust repairs re-render little beyond the specks themselves.
+const DIRTY_CELL: usize = 64;
 
 /// Colour of the damage overlay (premultiplied by its alpha when drawn).
 pub(super) const OVERLAY: Color32 = Color32::from_rgba_premultiplied(150, 20, 60, 150);
@@ -35,6 +36,9 @@ pub(super) struct RunningJob {
     pub first_preview: Option<Duration>,
     /// The mask the job was given: exactly the pixels it fills.
     pub holes: Arc<Mask>,
+    /// The image the job started from; when the document still shows it at the end, the
+    /// job's output replaces it without copying the scan.
+    pub input: Arc<ImageF32>,
     pub cancel_requested: Option<Instant>,
 }
 
@@ -98,7 +102,7 @@ pub struct StudioApp {
     pub(super) job: JobState,
     pub(super) timings: JobTimings,
     /// Region of the image texture showing streamed previews, to revert if the job fails.
-    pub(super) preview_dirty: Option<Rect>,
+    pub(super) preview_dirty: Vec<Rect>,
     pub(super) auto_run: bool,
     pub(super) show_help: bool,
     pub(super) message: Option<(Level, String)>,
@@ -146,7 +150,7 @@ impl StudioApp {
             params: Default::default(),
             job: JobState::Idle,
             timings: JobTimings::default(),
-            preview_dirty: None,
+            preview_dirty: Vec::new(),
             auto_run: false,
             show_help: false,
             message: None,
@@ -297,7 +301,7 @@ impl StudioApp {
             mask: LayerTextures::new("mask", doc.width(), doc.height()),
         });
         self.doc = Some(doc);
-        self.preview_dirty = None;
+        self.preview_dirty.clear();
         self.canvas.request_fit();
         self.message = None;
     }
@@ -542,9 +546,10 @@ impl StudioApp {
             return;
         };
         let holes = doc.mask().clone();
+        let input = doc.current().clone();
         let params = self.params.get(&self.model).cloned().unwrap_or_default();
         let kind = JobKind::Restore {
-            image: doc.current().clone(),
+            image: input.clone(),
             mask: holes.clone(),
             model: self.model.clone(),
             params,
@@ -562,6 +567,7 @@ impl StudioApp {
                     work_started: None,
                     first_preview: None,
                     holes,
+                    input,
                     cancel_requested: None,
                 });
                 self.timings = JobTimings::default();
@@ -583,10 +589,11 @@ impl StudioApp {
 
     /// Puts the image texture back where previews were drawn.
     fn revert_previews(&mut self) {
-        if let (Some(r), Some(doc), Some(tex)) =
-            (self.preview_dirty.take(), &self.doc, &mut self.textures)
-        {
-            tex.image.update(&ImageSource::new(doc.current()), r);
+        let rects = coalesce(&std::mem::take(&mut self.preview_dirty), DIRTY_CELL);
+        if let (Some(doc), Some(tex)) = (&self.doc, &mut self.textures) {
+            for r in rects {
+                tex.image.update(&ImageSource::new(doc.current()), r);
+            }
         }
     }
 
@@ -633,8 +640,7 @@ impl StudioApp {
                                 patch: Some((&patch, x, y)),
                             };
                             tex.image.update(&src, r);
-                            self.preview_dirty =
-                                Some(self.preview_dirty.map_or(r, |d| d.union(&r)));
+                            self.preview_dirty.push(r);
                         }
                     }
                 }
@@ -659,8 +665,12 @@ impl StudioApp {
         match kind {
             EventKind::Done(JobOutput::Image(out)) => {
                 if let Some(doc) = &mut self.doc {
-                    doc.apply_repair(&out, &job.holes);
+                    doc.apply_repair(out, &job.holes, &job.input);
                 }
+                // Previews only ever changed hole pixels, and applying the repair redraws
+                // every hole pixel; re-rendering the preview areas would redo most of a large
+                // scan for nothing.
+                self.preview_dirty.clear();
                 self.job = JobState::Done {
                     model: job.model,
                     secs: total.as_secs_f64(),

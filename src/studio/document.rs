@@ -129,6 +129,64 @@ fn apply<G: Grid>(g: &mut G, d: &TileDiff<G::Sample>, forward: bool) {
     }
 }
 
+/// Scattered samples of one grid that an edit changed: pixel indices with their samples before
+/// and after. A repair of dust on a large scan changes a few thousand scattered pixels; storing
+/// (and applying) only those keeps its cost proportional to the damage, not to the tiles it
+/// touches.
+#[derive(Clone, Debug, Default)]
+pub struct PixelDiff<T> {
+    channels: usize,
+    pixels: Vec<usize>,
+    before: Vec<T>,
+    after: Vec<T>,
+}
+
+impl<T: Copy + PartialEq> PixelDiff<T> {
+    fn new(channels: usize) -> Self {
+        Self {
+            channels,
+            pixels: Vec::new(),
+            before: Vec::new(),
+            after: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, pixel: usize, before: &[T], after: &[T]) {
+        self.pixels.push(pixel);
+        self.before.extend_from_slice(before);
+        self.after.extend_from_slice(after);
+    }
+
+    /// True when the edit changed nothing.
+    pub fn is_empty(&self) -> bool {
+        self.pixels.is_empty()
+    }
+
+    fn bytes(&self) -> usize {
+        self.pixels.len() * std::mem::size_of::<usize>()
+            + (self.before.len() + self.after.len()) * std::mem::size_of::<T>()
+    }
+
+    /// One-pixel rectangles of the changed pixels of a `width`-wide grid.
+    fn rects(&self, width: usize) -> impl Iterator<Item = Rect> + '_ {
+        self.pixels.iter().map(move |&i| Rect {
+            x: i % width,
+            y: i / width,
+            width: 1,
+            height: 1,
+        })
+    }
+
+    fn apply<G: Grid<Sample = T>>(&self, g: &mut G, forward: bool) {
+        let c = self.channels;
+        let src = if forward { &self.after } else { &self.before };
+        let dst = g.samples_mut();
+        for (k, &i) in self.pixels.iter().enumerate() {
+            dst[i * c..(i + 1) * c].copy_from_slice(&src[k * c..(k + 1) * c]);
+        }
+    }
+}
+
 /// One undoable change.
 #[derive(Clone, Debug)]
 pub enum Edit {
@@ -136,10 +194,10 @@ pub enum Edit {
     Mask(TileDiff<bool>),
     /// A repair applied to the image; the mask it consumed is cleared in the same step.
     Repair {
-        /// Changed image tiles.
-        image: TileDiff<f32>,
-        /// Changed mask tiles.
-        mask: TileDiff<bool>,
+        /// Changed image pixels.
+        image: PixelDiff<f32>,
+        /// Mask pixels the repair cleared.
+        mask: PixelDiff<bool>,
     },
 }
 
@@ -175,7 +233,10 @@ pub fn coalesce(rects: &[Rect], cell: usize) -> Vec<Rect> {
         for cy in r.y / cell..=(r.bottom() - 1) / cell {
             for cx in r.x / cell..=(r.right() - 1) / cell {
                 let (x0, y0) = (r.x.max(cx * cell), r.y.max(cy * cell));
-                let (x1, y1) = (r.right().min((cx + 1) * cell), r.bottom().min((cy + 1) * cell));
+                let (x1, y1) = (
+                    r.right().min((cx + 1) * cell),
+                    r.bottom().min((cy + 1) * cell),
+                );
                 let piece = Rect {
                     x: x0,
                     y: y0,
@@ -404,67 +465,85 @@ impl Document {
         true
     }
 
-    /// Applies a finished repair: `result` becomes the current image, and the holes it filled
-    /// are cleared from the mask, both in one undo step. Only tiles that hold holes are
-    /// compared, since the pipeline leaves every other pixel bit-identical.
-    pub fn apply_repair(&mut self, result: &ImageF32, holes: &Mask) -> Option<Rect> {
+    /// Applies a finished repair: the hole pixels of `result` go into the current image, and
+    /// the holes it filled are cleared from the mask, both in one undo step.
+    ///
+    /// `input` is the image the job started from. When the document still shows it (nothing
+    /// was undone meanwhile), `result` simply becomes the current image: the pipeline leaves
+    /// every pixel outside `holes` bit-identical to `input`, and taking its buffer avoids
+    /// copying a large scan on the UI thread. Otherwise only the hole pixels are written.
+    pub fn apply_repair(
+        &mut self,
+        result: Arc<ImageF32>,
+        holes: &Mask,
+        input: &Arc<ImageF32>,
+    ) -> Option<Rect> {
         if result.width() != self.width()
             || result.height() != self.height()
             || result.channels() != self.current.channels()
+            || holes.width() != self.width()
+            || holes.height() != self.height()
         {
             return None;
         }
-        let area = holes.bounding_box()?;
-        let (w, h) = (self.width(), self.height());
-        let mut image_diff = TileDiff { tiles: Vec::new() };
-        let mut mask_diff = TileDiff { tiles: Vec::new() };
-        let current = Arc::make_mut(&mut self.current);
+        let swap = Arc::ptr_eq(&self.current, input);
+        let (w, c) = (self.width(), self.current.channels());
+        let mut image_diff = PixelDiff::new(c);
+        let mut mask_diff = PixelDiff::new(1);
         let mask = Arc::make_mut(&mut self.mask);
-        for r in tiles_in(w, h, area) {
-            let hole_tile = read_rect(holes, r);
-            if !hole_tile.iter().any(|&b| b) {
-                continue;
-            }
-            // Take only the hole pixels from the result: if the user edited elsewhere while
-            // the job ran, those edits survive.
-            let before = read_rect(current, r);
-            let from_job = read_rect(result, r);
-            let c = current.channels();
-            let after: Vec<f32> = before
-                .chunks(c)
-                .zip(from_job.chunks(c))
-                .zip(&hole_tile)
-                .flat_map(|((b, j), &hole)| if hole { j } else { b }.iter().copied())
-                .collect();
+        let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+        for (i, _) in holes.data().iter().enumerate().filter(|(_, &h)| h) {
+            // Every hole pixel is redrawn, changed or not: a streamed preview may have shown
+            // another value there.
+            self.dirty.image.push(Rect {
+                x: i % w,
+                y: i / w,
+                width: 1,
+                height: 1,
+            });
+            let mut touched = false;
+            let (before, after) = (
+                &self.current.data()[i * c..(i + 1) * c],
+                &result.data()[i * c..(i + 1) * c],
+            );
             if before != after {
-                write_rect(current, r, &after);
-                image_diff.tiles.push((r, before, after));
+                image_diff.push(i, before, after);
+                touched = true;
             }
-            let mask_before = read_rect(mask, r);
-            let mask_after: Vec<bool> = mask_before
-                .iter()
-                .zip(&hole_tile)
-                .map(|(&m, &hole)| m && !hole)
-                .collect();
-            if mask_before != mask_after {
-                write_rect(mask, r, &mask_after);
-                mask_diff.tiles.push((r, mask_before, mask_after));
+            if mask.data()[i] {
+                mask_diff.push(i, &[true], &[false]);
+                mask.data_mut()[i] = false;
+                touched = true;
+            }
+            if touched {
+                let (x, y) = (i % w, i / w);
+                (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
             }
         }
-        let bounds = match (image_diff.bounds(), mask_diff.bounds()) {
-            (Some(a), Some(b)) => Some(a.union(&b)),
-            (a, b) => a.or(b),
-        }?;
+        if x0 == usize::MAX {
+            return None;
+        }
+        if swap {
+            self.current = result;
+        } else {
+            // Only hole pixels are taken from the result, so edits made while the job ran
+            // (an undo) survive.
+            image_diff.apply(Arc::make_mut(&mut self.current), true);
+        }
         if !image_diff.is_empty() {
-            mark_diff(&mut self.dirty.image, &image_diff);
             self.unsaved = true;
         }
-        mark_diff(&mut self.dirty.mask, &mask_diff);
+        self.dirty.mask.extend(mask_diff.rects(w));
         self.push(Edit::Repair {
             image: image_diff,
             mask: mask_diff,
         });
-        Some(bounds)
+        Some(Rect {
+            x: x0,
+            y: y0,
+            width: x1 - x0 + 1,
+            height: y1 - y0 + 1,
+        })
     }
 
     fn replay(&mut self, edit: &Edit, forward: bool) {
@@ -474,13 +553,14 @@ impl Document {
                 mark_diff(&mut self.dirty.mask, m);
             }
             Edit::Repair { image, mask } => {
-                apply(Arc::make_mut(&mut self.current), image, forward);
-                apply(Arc::make_mut(&mut self.mask), mask, forward);
+                let w = self.width();
+                image.apply(Arc::make_mut(&mut self.current), forward);
+                mask.apply(Arc::make_mut(&mut self.mask), forward);
                 if !image.is_empty() {
-                    mark_diff(&mut self.dirty.image, image);
+                    self.dirty.image.extend(image.rects(w));
                     self.unsaved = true;
                 }
-                mark_diff(&mut self.dirty.mask, mask);
+                self.dirty.mask.extend(mask.rects(w));
             }
         }
     }
@@ -520,15 +600,27 @@ impl Document {
 mod tests {
     #[test]
     fn coalesce_merges_per_cell_and_covers_everything() {
-        let r = |x, y, width, height| Rect { x, y, width, height };
-        let rects = [r(0, 0, 10, 10), r(20, 20, 5, 5), r(600, 600, 30, 30), r(1020, 5, 10, 4)];
+        let r = |x, y, width, height| Rect {
+            x,
+            y,
+            width,
+            height,
+        };
+        let rects = [
+            r(0, 0, 10, 10),
+            r(20, 20, 5, 5),
+            r(600, 600, 30, 30),
+            r(1020, 5, 10, 4),
+        ];
         let out = coalesce(&rects, 512);
         // The two in cell (0,0) merge; the last one straddles cells (1,0) and (2,0).
         assert_eq!(out.len(), 1 + 1 + 2);
         for src in &rects {
             for y in src.y..src.bottom() {
                 for x in src.x..src.right() {
-                    assert!(out.iter().any(|o| x >= o.x && x < o.right() && y >= o.y && y < o.bottom()));
+                    assert!(out
+                        .iter()
+                        .any(|o| x >= o.x && x < o.right() && y >= o.y && y < o.bottom()));
                 }
             }
         }
@@ -553,26 +645,40 @@ mod tests {
     }
 
     #[test]
-    fn repair_diff_covers_only_hole_tiles() {
+    fn repair_diff_covers_only_hole_pixels_and_undoes() {
         let img = ImageF32::new(300, 300, 1);
-        let mut doc = Document::new(img, BitDepth::U16, None);
-        doc.begin_stroke();
-        doc.paint_segment([5.0, 5.0], [6.0, 6.0], 2.0, true);
-        doc.end_stroke();
-        let holes = (**doc.mask()).clone();
-        let mut result = (**doc.current()).clone();
-        for y in 0..300 {
-            for x in 0..300 {
-                if holes.get(x, y) {
-                    result.pixel_mut(x, y)[0] = 1.0;
+        for swap in [true, false] {
+            let mut doc = Document::new(img.clone(), BitDepth::U16, None);
+            doc.begin_stroke();
+            doc.paint_segment([5.0, 5.0], [6.0, 6.0], 2.0, true);
+            doc.end_stroke();
+            let holes = (**doc.mask()).clone();
+            let mut result = (**doc.current()).clone();
+            for y in 0..300 {
+                for x in 0..300 {
+                    if holes.get(x, y) {
+                        result.pixel_mut(x, y)[0] = 1.0;
+                    }
                 }
             }
+            // When the document moved on since the job started, only hole pixels are copied.
+            let input = if swap {
+                doc.current().clone()
+            } else {
+                Arc::new(ImageF32::new(300, 300, 1))
+            };
+            let b = doc
+                .apply_repair(Arc::new(result), &holes, &input)
+                .expect("changed");
+            assert!(b.width <= 8 && b.height <= 8, "{b:?}");
+            assert_eq!(doc.mask().count(), 0);
+            assert_eq!(doc.current().pixel(5, 5), &[1.0]);
+            assert_eq!(doc.current().pixel(100, 100), &[0.0]);
+            assert!(doc.undo());
+            assert_eq!(doc.current().data(), doc.original().data());
+            assert_eq!(doc.mask().count(), holes.count());
+            assert!(doc.redo());
+            assert_eq!(doc.current().pixel(5, 5), &[1.0]);
         }
-        let b = doc.apply_repair(&result, &holes).expect("changed");
-        assert!(b.width <= DIFF_TILE && b.height <= DIFF_TILE);
-        assert_eq!(doc.mask().count(), 0);
-        assert!(doc.undo());
-        assert_eq!(doc.current().data(), doc.original().data());
-        assert_eq!(doc.mask().count(), holes.count());
     }
 }
