@@ -9,7 +9,10 @@ pub struct Args {}
 /// Prints every model with its family and whether it can run.
 pub fn run(_args: Args) -> anyhow::Result<()> {
     let registry = Registry::default();
-    println!("device: cpu ({} cores)", crate::engine::available_cores());
+    println!(
+        "device: {}",
+        crate::engine::device::device_label(crate::engine::available_cores())
+    );
     println!("{:<14} {:<10} {:<11} description", "id", "family", "status");
     for m in registry.list() {
         let status = match &m.availability {

@@ -4,6 +4,7 @@
 //! way: off the UI thread, cancellable between steps, with panics reported as failures while
 //! the worker keeps serving. Channels are bounded in both directions (see `DESIGN.md`).
 
+pub mod device;
 pub mod job;
 mod worker;
 

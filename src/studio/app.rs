@@ -809,7 +809,6 @@ impl StudioApp {
 
     /// Device description for the status bar.
     pub(super) fn device_label(&self) -> String {
-        let s = if self.threads == 1 { "" } else { "s" };
-        format!("CPU ({} thread{s})", self.threads)
+        crate::engine::device::device_label(self.threads)
     }
 }
