@@ -23,7 +23,7 @@ pub fn disc_mask(w: usize, h: usize, cx: usize, cy: usize, r: usize) -> Mask {
 pub fn scratch_and_dust(w: usize, h: usize) -> Mask {
     Mask::from_fn(w, h, |x, y| {
         let on_scratch = (x as isize - y as isize - 3).abs() <= 1;
-        let speck = (x % 17 == 5 && y % 13 == 7) || (x % 17 == 6 && y % 13 == 7);
+        let speck = (x % 17 == 5 || x % 17 == 6) && y % 13 == 7;
         on_scratch || speck
     })
 }
