@@ -5,11 +5,12 @@
 //! damage is 24x larger), not more.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{anyhow, bail};
 
 use super::progress::run_job;
-use crate::engine::{Engine, EngineConfig, JobKind};
+use crate::engine::{Engine, EngineConfig, EventKind, JobKind};
 use crate::imaging::mask_synth::scattered_damage;
 use crate::imaging::ImageF32;
 use crate::restore::Params;
@@ -33,6 +34,9 @@ pub struct Args {
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Skip the engine latency measurement (submit to first preview, cancel to stop).
+    #[arg(long)]
+    pub no_latency: bool,
 }
 
 /// A synthetic 3:2 RGB "scan": smooth gradients, a few frequencies and fine grain.
@@ -110,5 +114,77 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    if !args.no_latency {
+        if let Some((mp, img, mask)) = scans.last() {
+            println!();
+            println!("engine latency on the {mp:.0} MP scan (patchmatch), median of 5:");
+            let (first, cancel) = latency(&engine, img, mask)?;
+            println!(
+                "  submit to first preview: {:.1} ms",
+                first.as_secs_f64() * 1e3
+            );
+            println!(
+                "  cancel to Cancelled event: {:.1} ms",
+                cancel.as_secs_f64() * 1e3
+            );
+        }
+    }
     Ok(())
+}
+
+/// Median time from submitting a PatchMatch job to its first preview, and from cancelling a
+/// running one (200 ms in) to its `Cancelled` event.
+fn latency(
+    engine: &Engine,
+    img: &Arc<ImageF32>,
+    mask: &Arc<crate::imaging::Mask>,
+) -> anyhow::Result<(Duration, Duration)> {
+    let job = || JobKind::Restore {
+        image: img.clone(),
+        mask: mask.clone(),
+        model: "patchmatch".into(),
+        params: Params::new(),
+    };
+    let recv = || {
+        engine
+            .events()
+            .recv_timeout(Duration::from_secs(600))
+            .map_err(|_| anyhow!("the worker stopped answering"))
+    };
+    let (mut firsts, mut cancels) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let h = engine.submit(job())?;
+        let mut cancelled_at = None;
+        loop {
+            let ev = recv()?;
+            if ev.job != h.id {
+                continue;
+            }
+            match ev.kind {
+                EventKind::Preview { .. } if cancelled_at.is_none() => {
+                    firsts.push(t0.elapsed());
+                    // Let it run a little, then cancel.
+                    while t0.elapsed() < Duration::from_millis(200) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    cancelled_at = Some(Instant::now());
+                    engine.cancel(h.id);
+                }
+                EventKind::Cancelled => {
+                    if let Some(t) = cancelled_at {
+                        cancels.push(t.elapsed());
+                    }
+                    break;
+                }
+                k if k.is_terminal() => break,
+                _ => {}
+            }
+        }
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    Ok((median(firsts), median(cancels)))
 }
