@@ -33,8 +33,23 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i]
 }
 
+/// Peak resident memory of this process so far (Linux `VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
 fn main() {
-    let (w, h) = (6000, 4000);
+    // `cargo bench --bench studio_frames -- 100` runs a 100 MP scan instead of 24 MP.
+    let megapixels: f64 = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(24.0);
+    let h = (megapixels * 1e6 / 1.5).sqrt().round() as usize;
+    let w = (h as f64 * 1.5).round() as usize;
     let img = scan(w, h);
     let mask = scattered_damage(w, h, 0.002, 7);
     let threads = EngineConfig::leave_one_core().threads;
@@ -64,7 +79,9 @@ fn main() {
     let timings = hn.state().timings();
     let mut sorted = frames.clone();
     sorted.sort();
-    println!("studio on a {w}x{h} (24 MP) scan, patchmatch on 0.2% scattered damage, {threads} worker thread(s)");
+    println!(
+        "studio on a {w}x{h} ({megapixels} MP) scan, patchmatch on 0.2% scattered damage, {threads} worker thread(s)"
+    );
     println!(
         "frames while running: {}  median {:.2} ms  p99 {:.2} ms  max {:.2} ms  (target p99 < 16 ms)",
         frames.len(),
@@ -106,5 +123,10 @@ fn main() {
             .as_secs_f64()
             * 1e3,
         hn.state().job_status()
+    );
+    println!(
+        "peak resident memory: {} MiB (one RGB f32 copy of the scan is {} MiB)",
+        peak_rss_mib().unwrap_or(0),
+        w * h * 3 * 4 >> 20
     );
 }

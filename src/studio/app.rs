@@ -537,7 +537,7 @@ impl StudioApp {
             self.error("open an image first");
             return;
         };
-        if doc.mask().is_empty() {
+        if doc.mask_count() == 0 {
             self.error("the mask is empty: paint over the damage with the brush (B) first");
             return;
         }
@@ -665,7 +665,7 @@ impl StudioApp {
         match kind {
             EventKind::Done(JobOutput::Image(out)) => {
                 if let Some(doc) = &mut self.doc {
-                    doc.apply_repair(out, &job.holes, &job.input);
+                    doc.apply_repair(out, job.holes, &job.input);
                 }
                 // Previews only ever changed hole pixels, and applying the repair redraws
                 // every hole pixel; re-rendering the preview areas would redo most of a large

@@ -187,6 +187,24 @@ impl<T: Copy + PartialEq> PixelDiff<T> {
     }
 }
 
+/// Indices of the hole pixels of `m`, skipping empty runs quickly (a 100 MP mask with scattered
+/// dust is almost all empty).
+fn hole_indices(m: &Mask) -> Vec<usize> {
+    const RUN: usize = 64;
+    let mut out = Vec::new();
+    for (k, run) in m.data().chunks(RUN).enumerate() {
+        if run.iter().any(|&h| h) {
+            out.extend(
+                run.iter()
+                    .enumerate()
+                    .filter(|(_, &h)| h)
+                    .map(|(j, _)| k * RUN + j),
+            );
+        }
+    }
+    out
+}
+
 /// One undoable change.
 #[derive(Clone, Debug)]
 pub enum Edit {
@@ -278,6 +296,9 @@ pub struct Document {
     /// The mask as it was when the running stroke began (freed when the stroke ends).
     stroke_start: Option<(Mask, Option<Rect>)>,
     dirty: Dirty,
+    /// Number of hole pixels, kept up to date by every edit (counting a 100 MP mask each
+    /// frame would cost tens of milliseconds).
+    mask_count: usize,
     /// True when the image differs from what was last saved (or loaded).
     pub unsaved: bool,
 }
@@ -297,6 +318,7 @@ impl Document {
             redo: Vec::new(),
             stroke_start: None,
             dirty: Dirty::default(),
+            mask_count: 0,
             unsaved: false,
         }
     }
@@ -305,9 +327,25 @@ impl Document {
     pub fn with_mask(image: ImageF32, mask: Mask, depth: BitDepth, path: Option<PathBuf>) -> Self {
         let mut doc = Self::new(image, depth, path);
         if mask.width() == doc.width() && mask.height() == doc.height() {
+            doc.mask_count = mask.count();
             doc.mask = Arc::new(mask);
         }
         doc
+    }
+
+    /// Number of hole pixels in the mask (kept up to date, no scan).
+    pub fn mask_count(&self) -> usize {
+        self.mask_count
+    }
+
+    /// Fraction of the image that is masked, in `[0, 1]`.
+    pub fn mask_coverage(&self) -> f64 {
+        let n = self.width() * self.height();
+        if n == 0 {
+            0.0
+        } else {
+            self.mask_count as f64 / n as f64
+        }
     }
 
     /// Width in pixels.
@@ -422,6 +460,11 @@ impl Document {
                 let (qx, qy) = (a[0] + t * dx - px, a[1] + t * dy - py);
                 if qx * qx + qy * qy <= r * r && mask.get(x, y) != hole {
                     mask.set(x, y, hole);
+                    if hole {
+                        self.mask_count += 1;
+                    } else {
+                        self.mask_count -= 1;
+                    }
                     touched = true;
                 }
             }
@@ -460,6 +503,7 @@ impl Document {
             return false;
         }
         mark_diff(&mut self.dirty.mask, &d);
+        self.mask_count = new.count();
         self.mask = Arc::new(new);
         self.push(Edit::Mask(d));
         true
@@ -475,7 +519,7 @@ impl Document {
     pub fn apply_repair(
         &mut self,
         result: Arc<ImageF32>,
-        holes: &Mask,
+        holes: Arc<Mask>,
         input: &Arc<ImageF32>,
     ) -> Option<Rect> {
         if result.width() != self.width()
@@ -490,9 +534,13 @@ impl Document {
         let (w, c) = (self.width(), self.current.channels());
         let mut image_diff = PixelDiff::new(c);
         let mut mask_diff = PixelDiff::new(1);
+        let hole_pixels = hole_indices(&holes);
+        // Usually the job's mask is still the document's: letting go of it first spares
+        // `make_mut` a copy of the whole mask.
+        drop(holes);
         let mask = Arc::make_mut(&mut self.mask);
         let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
-        for (i, _) in holes.data().iter().enumerate().filter(|(_, &h)| h) {
+        for &i in &hole_pixels {
             // Every hole pixel is redrawn, changed or not: a streamed preview may have shown
             // another value there.
             self.dirty.image.push(Rect {
@@ -512,6 +560,7 @@ impl Document {
             }
             if mask.data()[i] {
                 mask_diff.push(i, &[true], &[false]);
+                self.mask_count -= 1;
                 mask.data_mut()[i] = false;
                 touched = true;
             }
@@ -550,12 +599,19 @@ impl Document {
         match edit {
             Edit::Mask(m) => {
                 apply(Arc::make_mut(&mut self.mask), m, forward);
+                self.mask_count = self.mask.count();
                 mark_diff(&mut self.dirty.mask, m);
             }
             Edit::Repair { image, mask } => {
                 let w = self.width();
                 image.apply(Arc::make_mut(&mut self.current), forward);
                 mask.apply(Arc::make_mut(&mut self.mask), forward);
+                // A repair's mask diff only ever clears holes.
+                if forward {
+                    self.mask_count -= mask.pixels.len();
+                } else {
+                    self.mask_count += mask.pixels.len();
+                }
                 if !image.is_empty() {
                     self.dirty.image.extend(image.rects(w));
                     self.unsaved = true;
@@ -668,7 +724,7 @@ mod tests {
                 Arc::new(ImageF32::new(300, 300, 1))
             };
             let b = doc
-                .apply_repair(Arc::new(result), &holes, &input)
+                .apply_repair(Arc::new(result), Arc::new(holes.clone()), &input)
                 .expect("changed");
             assert!(b.width <= 8 && b.height <= 8, "{b:?}");
             assert_eq!(doc.mask().count(), 0);
@@ -680,5 +736,33 @@ mod tests {
             assert!(doc.redo());
             assert_eq!(doc.current().pixel(5, 5), &[1.0]);
         }
+    }
+
+    #[test]
+    fn mask_count_follows_every_edit() {
+        let mut doc = Document::new(ImageF32::new(80, 60, 1), BitDepth::U8, None);
+        let check = |d: &Document| assert_eq!(d.mask_count(), d.mask().count());
+        doc.begin_stroke();
+        doc.paint_segment([10.0, 10.0], [50.0, 30.0], 3.0, true);
+        doc.end_stroke();
+        check(&doc);
+        doc.begin_stroke();
+        doc.paint_segment([20.0, 10.0], [40.0, 40.0], 2.0, false);
+        doc.end_stroke();
+        check(&doc);
+        let holes = (**doc.mask()).clone();
+        let mut result = (**doc.current()).clone();
+        result.data_mut().iter_mut().for_each(|v| *v = 0.5);
+        let input = doc.current().clone();
+        doc.apply_repair(Arc::new(result), Arc::new(holes), &input);
+        check(&doc);
+        assert_eq!(doc.mask_count(), 0);
+        for _ in 0..3 {
+            doc.undo();
+            check(&doc);
+        }
+        doc.redo();
+        check(&doc);
+        assert!(doc.mask_coverage() > 0.0);
     }
 }

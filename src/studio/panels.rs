@@ -187,8 +187,10 @@ impl StudioApp {
                     }
                 });
                 if let Some(doc) = &self.doc {
-                    let m = doc.mask();
-                    ui.label(format!("{:.2}% of the image masked", m.coverage() * 100.0));
+                    ui.label(format!(
+                        "{:.2}% of the image masked",
+                        doc.mask_coverage() * 100.0
+                    ));
                 }
                 ui.separator();
                 ui.checkbox(&mut self.auto_run, "Auto-run after each stroke")
