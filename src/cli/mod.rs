@@ -1,6 +1,7 @@
 //! The command-line face of Kintsugi: one file per subcommand, all driving the engine.
 
 mod bench;
+mod bench_conv;
 mod eval;
 mod inpaint;
 mod models;
@@ -39,6 +40,8 @@ pub enum Command {
     Eval(eval::Args),
     /// Time every restorer on synthetic scans of growing size at fixed damage.
     Bench(bench::Args),
+    /// Time our convolutions against candle's built-in conv2d
+    BenchConv(bench_conv::Args),
 }
 
 /// Runs a subcommand; errors are reported once by `main`.
@@ -48,6 +51,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Models(a) => models::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::BenchConv(a) => bench_conv::run(a),
     }
 }
 
