@@ -127,6 +127,6 @@ fn main() {
     println!(
         "peak resident memory: {} MiB (one RGB f32 copy of the scan is {} MiB)",
         peak_rss_mib().unwrap_or(0),
-        w * h * 3 * 4 >> 20
+        (w * h * 3 * 4) >> 20
     );
 }

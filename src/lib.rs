@@ -10,3 +10,4 @@ pub mod imaging;
 pub mod models;
 pub mod restore;
 pub mod studio;
+pub mod train;

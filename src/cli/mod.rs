@@ -6,6 +6,8 @@ mod eval;
 mod inpaint;
 mod models;
 mod progress;
+mod sample;
+mod train;
 
 use std::path::PathBuf;
 
@@ -42,6 +44,12 @@ pub enum Command {
     Bench(bench::Args),
     /// Time our convolutions against candle's built-in conv2d
     BenchConv(bench_conv::Args),
+    /// Train a model family (`train vae ...`).
+    Train(train::Args),
+    /// Decode N random latent codes of a generative model into a PNG grid.
+    Sample(sample::SampleArgs),
+    /// Decode a strip of latent codes between two seeds.
+    Interpolate(sample::InterpolateArgs),
 }
 
 /// Runs a subcommand; errors are reported once by `main`.
@@ -52,6 +60,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchConv(a) => bench_conv::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Sample(a) => sample::run_sample(a),
+        Command::Interpolate(a) => sample::run_interpolate(a),
     }
 }
 

@@ -1,5 +1,8 @@
 //! Models: the registry of every restorer the app knows, classical and learned.
 
 pub mod conv;
+pub mod latent_pca;
 pub mod layers;
 pub mod registry;
+pub mod vae;
+pub mod vae_inpaint;

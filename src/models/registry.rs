@@ -157,7 +157,11 @@ impl Registry {
             id: e.id,
             family: e.family,
             description: e.description,
-            availability: Availability::Unavailable(self.learned_reason(e.id)),
+            availability: match self.learned_restorer(e.id) {
+                Some(Ok(_)) => Availability::Available,
+                Some(Err(reason)) => Availability::Unavailable(reason),
+                None => Availability::Unavailable(self.learned_reason(e.id)),
+            },
         });
         classical.chain(learned).collect()
     }
@@ -172,6 +176,26 @@ impl Registry {
         }
     }
 
+    /// The restorer of a learned model that this build implements (`None` for the others):
+    /// `vae-faces` needs `<id>.safetensors` and its `<id>.json` manifest.
+    fn learned_restorer(&self, id: &str) -> Option<Result<Arc<dyn Restorer>, String>> {
+        match id {
+            "vae-faces" => {
+                let weights = self.weights_dir.join(format!("{id}.safetensors"));
+                let manifest = self.weights_dir.join(format!("{id}.json"));
+                if !weights.is_file() || !manifest.is_file() {
+                    return None;
+                }
+                Some(
+                    crate::models::vae_inpaint::VaeInpaint::load(&self.weights_dir, "vae-faces")
+                        .map(|r| Arc::new(r) as Arc<dyn Restorer>)
+                        .map_err(|e| format!("cannot load {id}: {e}")),
+                )
+            }
+            _ => None,
+        }
+    }
+
     /// The restorer for `id`, or why there is none.
     pub fn restorer(&self, id: &str) -> Result<Arc<dyn Restorer>, RestoreError> {
         match id {
@@ -179,10 +203,17 @@ impl Registry {
             "biharmonic" => Ok(Arc::new(Biharmonic)),
             "patchmatch" => Ok(Arc::new(PatchMatch)),
             other => match LEARNED.iter().find(|e| e.id == other) {
-                Some(e) => Err(RestoreError::Unavailable {
-                    id: e.id.to_owned(),
-                    reason: self.learned_reason(e.id),
-                }),
+                Some(e) => match self.learned_restorer(e.id) {
+                    Some(Ok(r)) => Ok(r),
+                    Some(Err(reason)) => Err(RestoreError::Unavailable {
+                        id: e.id.to_owned(),
+                        reason,
+                    }),
+                    None => Err(RestoreError::Unavailable {
+                        id: e.id.to_owned(),
+                        reason: self.learned_reason(e.id),
+                    }),
+                },
                 None => Err(RestoreError::UnknownModel(other.to_owned())),
             },
         }

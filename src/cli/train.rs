@@ -1,0 +1,263 @@
+//! `kintsugi train <family> ...`: training runs with a progress bar, grids and checkpoints.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use candle_core::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::models::vae::VaeConfig;
+use crate::train::vae::{train_vae, with_ext, VaeTrainConfig};
+use crate::train::ImageSet;
+
+/// Arguments of `train`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Which model family to train.
+    #[command(subcommand)]
+    pub family: Family,
+}
+
+/// The trainable families (later: `gan`, `cgan`, `rl`).
+#[derive(Debug, clap::Subcommand)]
+pub enum Family {
+    /// Train the convolutional VAE on a folder of square RGB PNGs.
+    Vae(VaeArgs),
+}
+
+/// Arguments of `train vae`.
+#[derive(Debug, clap::Args)]
+pub struct VaeArgs {
+    /// Folder of `size x size` RGB PNG images (read in place, never copied).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Total optimiser steps (a resumed run continues up to this count).
+    #[arg(long, default_value_t = 2000)]
+    pub steps: u64,
+    /// Images per step.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Output stem: writes `<OUT>.safetensors` and `<OUT>.json`.
+    #[arg(long, default_value = "weights/vae-faces")]
+    pub out: PathBuf,
+    /// Folder for grids and checkpoints (default: `runs/<name of OUT>` beside OUT's folder).
+    #[arg(long)]
+    pub runs: Option<PathBuf>,
+    /// Continue from the checkpoint in the runs folder.
+    #[arg(long)]
+    pub resume: bool,
+    /// Latent size.
+    #[arg(long, default_value_t = 128)]
+    pub latent: usize,
+    /// Channels of the first encoder stage (then x2, x4, x8).
+    #[arg(long, default_value_t = 32)]
+    pub base: usize,
+    /// Image side (a multiple of 16).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// Likelihood standard deviation per channel value in [0, 1].
+    #[arg(long, default_value_t = 0.1)]
+    pub sigma: f32,
+    /// AdamW learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 1e-4)]
+    pub weight_decay: f64,
+    /// Steps of linear KL warm-up (0 to 1).
+    #[arg(long, default_value_t = 500)]
+    pub kl_warmup: u64,
+    /// Held-out validation images (seeded choice).
+    #[arg(long, default_value_t = 500)]
+    pub val: usize,
+    /// Seed of everything random.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Write grids and a checkpoint every this many steps.
+    #[arg(long, default_value_t = 100)]
+    pub sample_every: u64,
+    /// Stop this stage (checkpoint + weights + manifest) after this many minutes.
+    #[arg(long)]
+    pub max_minutes: Option<f64>,
+    /// Licence of the data, stored in the manifest.
+    #[arg(long, default_value = "UTKFace: non-commercial research only")]
+    pub data_license: String,
+    /// No training: reload the trained `<OUT>` weights, rewrite them as f16, re-measure the
+    /// held-out metrics into `<OUT>.json`, and fit `<OUT>.pca.safetensors` on the training split.
+    #[arg(long)]
+    pub refresh: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+/// Runs `train`.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    match args.family {
+        Family::Vae(a) => run_vae(a),
+    }
+}
+
+/// `runs/<stem>` beside the folder of `out` (`weights/vae-faces` -> `runs/vae-faces`).
+fn default_runs_dir(out: &Path) -> PathBuf {
+    let name = out
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "run".into());
+    let base = out
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| Path::new(""));
+    base.join("runs").join(name)
+}
+
+fn run_vae(a: VaeArgs) -> anyhow::Result<()> {
+    let dev = Device::Cpu;
+    let model = VaeConfig {
+        image_size: a.size,
+        latent: a.latent,
+        base: a.base,
+        sigma: a.sigma,
+    };
+    model.validate()?;
+    let started = std::time::Instant::now();
+    let all = ImageSet::load_dir(&a.data, a.size)
+        .with_context(|| format!("reading the training images in {}", a.data.display()))?;
+    let (train, val) = all.split(a.val, a.seed)?;
+    eprintln!(
+        "data: {} images in {} ({} train, {} held out), loaded in {:.1}s",
+        all.len(),
+        a.data.display(),
+        train.len(),
+        val.len(),
+        started.elapsed().as_secs_f64()
+    );
+    if a.refresh {
+        let weights = with_ext(&a.out, "safetensors");
+        let json = with_ext(&a.out, "json");
+        let mut manifest = crate::models::vae::VaeManifest::read(&json)?;
+        if manifest.seed != a.seed || val.len() != manifest.metrics.val_images {
+            anyhow::bail!(
+                "{} was trained with seed {} and {} held-out images; pass --seed {} --val {} so \
+                 the held-out split is the same",
+                json.display(),
+                manifest.seed,
+                manifest.metrics.val_images,
+                manifest.seed,
+                manifest.metrics.val_images
+            );
+        }
+        let m = crate::models::vae::LoadedVae::load(manifest.config, &weights, &dev)
+            .with_context(|| format!("loading {}", weights.display()))?;
+        m.save_f16(&weights)?;
+        let m = crate::models::vae::LoadedVae::load(manifest.config, &weights, &dev)?;
+        manifest.metrics = crate::train::vae::evaluate(&m.vae, &val, manifest.seed, &dev)?;
+        manifest.write(&json)?;
+        eprintln!(
+            "wrote {} (f16) and {}: held-out PSNR {:.2} dB, ELBO {:.1} nats/image",
+            weights.display(),
+            json.display(),
+            manifest.metrics.val_recon_psnr_db,
+            manifest.metrics.val_elbo_nats
+        );
+        let pca = crate::train::vae::fit_latent_pca(&m.vae, &train, &dev)?;
+        let path = with_ext(&a.out, "pca.safetensors");
+        pca.save(&path)?;
+        eprintln!(
+            "wrote {} (top sigmas {:?})",
+            path.display(),
+            &pca.sigmas[..pca.sigmas.len().min(5)]
+        );
+        return Ok(());
+    }
+    let runs_dir = a.runs.clone().unwrap_or_else(|| default_runs_dir(&a.out));
+    // The held-out file names, so evaluations (e.g. inpainting) can use exactly this split.
+    std::fs::create_dir_all(&runs_dir)
+        .with_context(|| format!("creating {}", runs_dir.display()))?;
+    let val_list = runs_dir.join("val_files.txt");
+    let names: Vec<&str> = (0..val.len()).map(|i| val.name(i)).collect();
+    std::fs::write(&val_list, names.join("\n") + "\n")
+        .with_context(|| format!("writing {}", val_list.display()))?;
+    // argv[0] is wherever the binary happened to run from; record the command as users type it.
+    let command = std::iter::once("kintsugi".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let cfg = VaeTrainConfig {
+        model,
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        weight_decay: a.weight_decay,
+        kl_warmup: a.kl_warmup,
+        seed: a.seed,
+        val_count: a.val,
+        sample_every: a.sample_every,
+        runs_dir: runs_dir.clone(),
+        out: a.out.clone(),
+        resume: a.resume,
+        max_seconds: a.max_minutes.map(|m| m * 60.0),
+        data_desc: format!(
+            "{} ({} images; {} train, {} held out by a shuffle seeded with {}; random \
+             horizontal flips)",
+            a.data.display(),
+            all.len(),
+            train.len(),
+            val.len(),
+            a.seed
+        ),
+        data_license: a.data_license.clone(),
+        command,
+    };
+    let bar = if a.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(a.steps)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("train vae [{bar:25}] {pos}/{len} {msg} (eta {eta})")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(500));
+    let mut on_step = |r: &crate::train::vae::StepReport| {
+        bar.set_position(r.step);
+        bar.set_message(format!(
+            "loss {:.1} recon {:.1} KL {:.1} (beta {:.2}) psnr {:.2}dB {:.2} steps/s",
+            r.loss, r.recon, r.kl, r.beta, r.psnr, r.steps_per_sec
+        ));
+        if a.quiet && r.step % 50 == 0 {
+            eprintln!(
+                "step {}/{} loss {:.1} recon {:.1} KL {:.1} beta {:.2} psnr {:.2}dB {:.3} steps/s",
+                r.step, r.total, r.loss, r.recon, r.kl, r.beta, r.psnr, r.steps_per_sec
+            );
+        }
+        true
+    };
+    let outcome = train_vae(&cfg, &train, &val, &dev, &mut on_step)?;
+    bar.finish_and_clear();
+    if let Some(m) = &outcome.manifest {
+        eprintln!(
+            "{} at step {} ({:.0}s of training): held-out PSNR {:.2} dB, ELBO {:.1} nats/image \
+             (KL {:.1})",
+            if outcome.finished {
+                "finished"
+            } else {
+                "stopped by the time limit"
+            },
+            outcome.steps,
+            m.train_seconds,
+            m.metrics.val_recon_psnr_db,
+            m.metrics.val_elbo_nats,
+            m.metrics.val_kl_nats
+        );
+    }
+    eprintln!(
+        "wrote {} and {}; grids and checkpoint in {}",
+        with_ext(&a.out, "safetensors").display(),
+        with_ext(&a.out, "json").display(),
+        runs_dir.display()
+    );
+    Ok(())
+}
