@@ -8,6 +8,7 @@ mod models;
 mod progress;
 mod sample;
 mod train;
+mod train_cgan;
 
 use std::path::PathBuf;
 

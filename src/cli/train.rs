@@ -11,6 +11,8 @@ use crate::models::vae::VaeConfig;
 use crate::train::vae::{train_vae, with_ext, VaeTrainConfig};
 use crate::train::ImageSet;
 
+use super::train_cgan::{run_cgan, CganArgs};
+
 /// Arguments of `train`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -19,11 +21,13 @@ pub struct Args {
     pub family: Family,
 }
 
-/// The trainable families (later: `gan`, `cgan`, `rl`).
+/// The trainable families (later: `gan`, `rl`).
 #[derive(Debug, clap::Subcommand)]
 pub enum Family {
     /// Train the convolutional VAE on a folder of square RGB PNGs.
     Vae(VaeArgs),
+    /// Train the gated-convolution inpainting GAN on random crops of clean photos.
+    Cgan(CganArgs),
 }
 
 /// Arguments of `train vae`.
@@ -96,6 +100,7 @@ pub struct VaeArgs {
 pub fn run(args: Args) -> anyhow::Result<()> {
     match args.family {
         Family::Vae(a) => run_vae(a),
+        Family::Cgan(a) => run_cgan(a),
     }
 }
 

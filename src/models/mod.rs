@@ -1,5 +1,6 @@
 //! Models: the registry of every restorer the app knows, classical and learned.
 
+pub mod cgan;
 pub mod conv;
 pub mod latent_pca;
 pub mod layers;

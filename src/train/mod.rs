@@ -1,6 +1,8 @@
 //! Training loops per model family, with what they share: image datasets, a seeded batch
 //! order, an AdamW whose state can be checkpointed, and PNG grids of samples.
 
+pub mod cgan;
+pub mod damage_synth;
 pub mod vae;
 
 use std::collections::HashMap;
