@@ -7,6 +7,24 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::engine::{Engine, EventKind, JobKind, JobOutput};
 
+/// A step counter bar on stderr for training runs, `label [=====>   ] pos/len msg (eta ..)`,
+/// hidden when `quiet`.
+pub fn step_bar(len: u64, label: &str, quiet: bool) -> ProgressBar {
+    let bar = if quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(len)
+    };
+    let template = format!("{label} [{{bar:25}}] {{pos}}/{{len}} {{msg}} (eta {{eta}})");
+    bar.set_style(
+        ProgressStyle::with_template(&template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.enable_steady_tick(Duration::from_millis(500));
+    bar
+}
+
 /// The outcome of a job run to completion.
 pub struct Finished {
     /// What the job produced.

@@ -1,11 +1,9 @@
 //! `kintsugi train <family> ...`: training runs with a progress bar, grids and checkpoints.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
 use candle_core::Device;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::models::vae::VaeConfig;
 use crate::train::vae::{train_vae, with_ext, VaeTrainConfig};
@@ -215,17 +213,7 @@ fn run_vae(a: VaeArgs) -> anyhow::Result<()> {
         data_license: a.data_license.clone(),
         command,
     };
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(a.steps)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("train vae [{bar:25}] {pos}/{len} {msg} (eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(500));
+    let bar = super::progress::step_bar(a.steps, "train vae", a.quiet);
     let mut on_step = |r: &crate::train::vae::StepReport| {
         bar.set_position(r.step);
         bar.set_message(format!(

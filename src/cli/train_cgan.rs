@@ -2,11 +2,9 @@
 //! clean photos with synthetic and real-artifact damage.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::Context;
 use candle_core::Device;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::models::cgan::GeneratorConfig;
 use crate::train::cgan::{
@@ -183,17 +181,7 @@ pub fn run_cgan(a: CganArgs) -> anyhow::Result<()> {
             .into(),
         command,
     };
-    let bar = if a.quiet {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(a.steps)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("train cgan [{bar:25}] {pos}/{len} {msg} (eta {eta})")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(Duration::from_millis(500));
+    let bar = super::progress::step_bar(a.steps, "train cgan", a.quiet);
     let mut on_step = |r: &StepReport| {
         let l = r.losses;
         let val = r
