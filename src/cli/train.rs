@@ -102,12 +102,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
-/// `runs/<stem>` beside the folder of `out` (`weights/vae-faces` -> `runs/vae-faces`).
-fn default_runs_dir(out: &Path) -> PathBuf {
+/// `runs/<stem>` beside the folder of `out` (`weights/vae-faces` -> `runs/vae-faces`);
+/// `fallback` names the folder when `out` has no file name.
+pub(super) fn default_runs_dir(out: &Path, fallback: &str) -> PathBuf {
     let name = out
         .file_name()
         .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "run".into());
+        .unwrap_or_else(|| fallback.into());
     let base = out
         .parent()
         .and_then(Path::parent)
@@ -174,7 +175,10 @@ fn run_vae(a: VaeArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let runs_dir = a.runs.clone().unwrap_or_else(|| default_runs_dir(&a.out));
+    let runs_dir = a
+        .runs
+        .clone()
+        .unwrap_or_else(|| default_runs_dir(&a.out, "run"));
     // The held-out file names, so evaluations (e.g. inpainting) can use exactly this split.
     std::fs::create_dir_all(&runs_dir)
         .with_context(|| format!("creating {}", runs_dir.display()))?;

@@ -1,7 +1,7 @@
 //! `kintsugi train cgan ...`: trains the gated-convolution inpainting GAN on random crops of
 //! clean photos with synthetic and real-artifact damage.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use candle_core::Device;
@@ -76,18 +76,6 @@ pub struct CganArgs {
     pub quiet: bool,
 }
 
-fn default_runs_dir(out: &Path) -> PathBuf {
-    let name = out
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "cgan-inpaint".into());
-    let base = out
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or_else(|| Path::new(""));
-    base.join("runs").join(name)
-}
-
 /// Runs `train cgan`.
 pub fn run_cgan(a: CganArgs) -> anyhow::Result<()> {
     let dev = Device::Cpu;
@@ -139,7 +127,10 @@ pub fn run_cgan(a: CganArgs) -> anyhow::Result<()> {
         bank.as_ref().map(|b| b.categories()).unwrap_or_default(),
         started.elapsed().as_secs_f64()
     );
-    let runs_dir = a.runs.clone().unwrap_or_else(|| default_runs_dir(&a.out));
+    let runs_dir = a
+        .runs
+        .clone()
+        .unwrap_or_else(|| super::train::default_runs_dir(&a.out, "cgan-inpaint"));
     let command = std::iter::once("kintsugi".to_owned())
         .chain(std::env::args().skip(1))
         .collect::<Vec<_>>()
