@@ -9,5 +9,6 @@ pub mod engine;
 pub mod imaging;
 pub mod models;
 pub mod restore;
+pub mod rl;
 pub mod studio;
 pub mod train;

@@ -9,6 +9,7 @@ mod progress;
 mod sample;
 mod train;
 mod train_cgan;
+mod train_rl;
 
 use std::path::PathBuf;
 

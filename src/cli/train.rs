@@ -26,6 +26,8 @@ pub enum Family {
     Vae(VaeArgs),
     /// Train the gated-convolution inpainting GAN on random crops of clean photos.
     Cgan(CganArgs),
+    /// Train a PixelRL agent (`--task denoise|refine`) with advantage actor-critic.
+    Rl(super::train_rl::RlArgs),
 }
 
 /// Arguments of `train vae`.
@@ -99,6 +101,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.family {
         Family::Vae(a) => run_vae(a),
         Family::Cgan(a) => run_cgan(a),
+        Family::Rl(a) => super::train_rl::run_rl(a),
     }
 }
 

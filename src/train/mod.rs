@@ -3,6 +3,7 @@
 
 pub mod cgan;
 pub mod damage_synth;
+pub mod rl;
 pub mod vae;
 
 use std::collections::HashMap;

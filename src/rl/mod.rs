@@ -1,0 +1,16 @@
+//! Reinforcement-learning restoration (PixelRL): every pixel is an agent that picks a filter
+//! or a small move per step, trained with advantage actor-critic to decrease its squared
+//! error.
+//!
+//! - [`env`]: the actions, the per-pixel reward and the episode state;
+//! - [`net`]: the fully convolutional actor-critic (policy and value heads);
+//! - [`a2c`]: sampling, discounted returns and the actor-critic loss;
+//! - [`agent`]: a trained agent with its manifest, running greedy episodes on full images.
+
+pub mod a2c;
+pub mod agent;
+pub mod env;
+pub mod net;
+
+pub use env::{Action, Episode, Frame};
+pub use net::{NetConfig, RlError, RlResult};
