@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_conv;
+mod denoise;
 mod eval;
 mod inpaint;
 mod models;
@@ -46,6 +47,8 @@ pub enum Command {
     Bench(bench::Args),
     /// Time our convolutions against candle's built-in conv2d
     BenchConv(bench_conv::Args),
+    /// Remove film grain and scanner noise with the PixelRL agent (`--eval DIR` to score it).
+    Denoise(denoise::Args),
     /// Train a model family (`train vae ...`).
     Train(train::Args),
     /// Decode N random latent codes of a generative model into a PNG grid.
@@ -62,6 +65,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Eval(a) => eval::run(a),
         Command::Bench(a) => bench::run(a),
         Command::BenchConv(a) => bench_conv::run(a),
+        Command::Denoise(a) => denoise::run(a),
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run_sample(a),
         Command::Interpolate(a) => sample::run_interpolate(a),

@@ -10,6 +10,7 @@
 pub mod a2c;
 pub mod agent;
 pub mod env;
+pub mod eval;
 pub mod net;
 
 pub use env::{Action, Episode, Frame};

@@ -1,0 +1,215 @@
+//! Held-out evaluation of a denoising agent against fixed filters and tuned classical
+//! denoisers, on the same noisy images.
+
+use rayon::prelude::*;
+
+use super::agent::{action_share, Agent, DenoiseMetrics, DenoiseRow};
+use super::env::{filter_frame, psnr, Action, Frame};
+use super::net::RlResult;
+
+/// Gaussian blur with `sigma` (radius `ceil(3 sigma)`, clamped borders), separable.
+pub fn gaussian_blur(img: &Frame, sigma: f32) -> Frame {
+    let r = (3.0 * sigma).ceil().max(1.0) as isize;
+    let k: Vec<f32> = (-r..=r)
+        .map(|d| (-((d * d) as f32) / (2.0 * sigma * sigma)).exp())
+        .collect();
+    let s: f32 = k.iter().sum();
+    let k: Vec<f32> = k.iter().map(|v| v / s).collect();
+    let (w, h) = (img.w, img.h);
+    let mut tmp = img.clone();
+    let mut out = img.clone();
+    for c in 0..3 {
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = 0.0;
+                for (i, d) in (-r..=r).enumerate() {
+                    acc += k[i] * img.at(c, x as isize + d, y as isize);
+                }
+                tmp.data[c * w * h + y * w + x] = acc;
+            }
+        }
+        for y in 0..h {
+            for x in 0..w {
+                let mut acc = 0.0;
+                for (i, d) in (-r..=r).enumerate() {
+                    acc += k[i] * tmp.at(c, x as isize, y as isize + d);
+                }
+                out.data[c * w * h + y * w + x] = acc;
+            }
+        }
+    }
+    out
+}
+
+/// Bilateral filter: spatial `sigma_s` (radius `ceil(2 sigma_s)`), range `sigma_r` on the RGB
+/// distance (values in `[0, 1]`).
+pub fn bilateral(img: &Frame, sigma_s: f32, sigma_r: f32) -> Frame {
+    let r = (2.0 * sigma_s).ceil().max(1.0) as isize;
+    let (w, h) = (img.w, img.h);
+    let plane = w * h;
+    let inv_s = 1.0 / (2.0 * sigma_s * sigma_s);
+    let inv_r = 1.0 / (2.0 * sigma_r * sigma_r);
+    let mut out = img.clone();
+    for y in 0..h as isize {
+        for x in 0..w as isize {
+            let centre = [img.at(0, x, y), img.at(1, x, y), img.at(2, x, y)];
+            let mut acc = [0.0f32; 3];
+            let mut ws = 0.0f32;
+            for dy in -r..=r {
+                for dx in -r..=r {
+                    let q = [
+                        img.at(0, x + dx, y + dy),
+                        img.at(1, x + dx, y + dy),
+                        img.at(2, x + dx, y + dy),
+                    ];
+                    let d2: f32 = (0..3).map(|c| (q[c] - centre[c]).powi(2)).sum();
+                    let wt = (-((dx * dx + dy * dy) as f32) * inv_s - d2 * inv_r).exp();
+                    for c in 0..3 {
+                        acc[c] += wt * q[c];
+                    }
+                    ws += wt;
+                }
+            }
+            for c in 0..3 {
+                out.data[c * plane + y as usize * w + x as usize] = acc[c] / ws.max(1e-12);
+            }
+        }
+    }
+    out
+}
+
+fn clamped_psnr(out: &Frame, target: &Frame) -> f64 {
+    let mut o = out.clone();
+    for v in o.data.iter_mut() {
+        *v = v.clamp(0.0, 1.0);
+    }
+    psnr(o.mse(target, None))
+}
+
+/// The classical denoisers tried per sigma: `(name, filter)`.
+fn classical_grid() -> Vec<(String, Box<dyn Fn(&Frame) -> Frame + Sync>)> {
+    let mut out: Vec<(String, Box<dyn Fn(&Frame) -> Frame + Sync>)> = Vec::new();
+    for s in [0.5f32, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5] {
+        out.push((
+            format!("gaussian sigma {s}"),
+            Box::new(move |f| gaussian_blur(f, s)),
+        ));
+    }
+    for ss in [1.0f32, 2.0, 3.0] {
+        for sr in [0.05f32, 0.1, 0.15, 0.2, 0.3, 0.5] {
+            out.push((
+                format!("bilateral sigma_s {ss} sigma_r {sr}"),
+                Box::new(move |f| bilateral(f, ss, sr)),
+            ));
+        }
+    }
+    out
+}
+
+/// Evaluates `agent` on `clean` images at each noise level of `sigmas` (8-bit units). Noise is
+/// per-channel Gaussian, seeded per image and sigma; every output is clipped to `[0, 1]`
+/// before its PSNR; PSNRs are averaged over images. The fixed-filter baseline is the best
+/// (action, repetitions 1..=steps) pair of the agent's set; the classical baseline is the best
+/// Gaussian or bilateral setting of a grid. Both are tuned per sigma on these same images, so
+/// they are optimistic. `progress(done, total)` is called after each image.
+pub fn eval_denoise(
+    agent: &Agent,
+    clean: &[Frame],
+    sigmas: &[f64],
+    seed: u64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> RlResult<DenoiseMetrics> {
+    let grid = classical_grid();
+    let steps = agent.steps();
+    let total = clean.len() * sigmas.len();
+    let mut done = 0;
+    let mut rows = Vec::new();
+    for &sigma in sigmas {
+        let mut noisy_sum = 0.0;
+        let mut agent_sum = 0.0;
+        let mut fixed = vec![vec![0.0f64; steps]; agent.set.len()];
+        let mut classical = vec![0.0f64; grid.len()];
+        let mut counts = vec![0u64; agent.set.len()];
+        for (i, target) in clean.iter().enumerate() {
+            let noisy = crate::train::rl::add_noise(
+                target,
+                sigma,
+                crate::train::mix(seed, (i as u64) << 8 | sigma as u64),
+            );
+            noisy_sum += clamped_psnr(&noisy, target);
+            let run = agent.run(&noisy, None, &mut |_, _| true)?;
+            agent_sum += clamped_psnr(&run.image, target);
+            for (c, n) in counts
+                .iter_mut()
+                .zip(action_share(&agent.set, &run.maps, None))
+            {
+                *c += n;
+            }
+            let per_action: Vec<Vec<f64>> = agent
+                .set
+                .par_iter()
+                .map(|&a| {
+                    let mut f = noisy.clone();
+                    (0..steps)
+                        .map(|_| {
+                            f = filter_frame(&f, a);
+                            clamped_psnr(&f, target)
+                        })
+                        .collect()
+                })
+                .collect();
+            for (acc, v) in fixed.iter_mut().zip(per_action) {
+                for (a, b) in acc.iter_mut().zip(v) {
+                    *a += b;
+                }
+            }
+            let cl: Vec<f64> = grid
+                .par_iter()
+                .map(|(_, f)| clamped_psnr(&f(&noisy), target))
+                .collect();
+            for (a, b) in classical.iter_mut().zip(cl) {
+                *a += b;
+            }
+            done += 1;
+            progress(done, total);
+        }
+        let n = clean.len().max(1) as f64;
+        let mut best_fixed = (String::new(), f64::NEG_INFINITY);
+        for (a, reps) in agent.set.iter().zip(&fixed) {
+            for (k, v) in reps.iter().enumerate() {
+                if v / n > best_fixed.1 {
+                    best_fixed = (format!("{} x{}", a.name(), k + 1), v / n);
+                }
+            }
+        }
+        let mut best_classical = (String::new(), f64::NEG_INFINITY);
+        for ((name, _), v) in grid.iter().zip(&classical) {
+            if v / n > best_classical.1 {
+                best_classical = (name.clone(), v / n);
+            }
+        }
+        let all: u64 = counts.iter().sum::<u64>().max(1);
+        rows.push(DenoiseRow {
+            sigma,
+            noisy_psnr_db: noisy_sum / n,
+            agent_psnr_db: agent_sum / n,
+            best_fixed,
+            classical: best_classical,
+            action_share: agent
+                .set
+                .iter()
+                .zip(&counts)
+                .map(|(a, &c)| (a.name().to_owned(), c as f64 / all as f64))
+                .collect(),
+        });
+    }
+    Ok(DenoiseMetrics {
+        protocol: String::new(),
+        rows,
+    })
+}
+
+/// Names of the actions, for reports.
+pub fn action_names(set: &[Action]) -> Vec<&'static str> {
+    set.iter().map(|a| a.name()).collect()
+}
