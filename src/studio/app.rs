@@ -109,6 +109,8 @@ pub struct StudioApp {
     pub(super) pending: Option<Pending>,
     pub(super) allow_close: bool,
     pub(super) loading: Option<(PathBuf, Receiver<Result<LoadedImage, String>>)>,
+    /// The latent explorer window (L).
+    pub(super) latent: super::latent::LatentPanel,
 }
 
 /// Default Save As name: `<name>_restored.<ext>` next to the source.
@@ -136,6 +138,7 @@ impl StudioApp {
     pub fn new(image: Option<(ImageF32, BitDepth, Option<PathBuf>)>, config: EngineConfig) -> Self {
         let registry = config.registry.clone();
         let models = registry.list();
+        let latent = super::latent::LatentPanel::new(registry.weights_dir().to_owned());
         let mut app = Self {
             doc: None,
             textures: None,
@@ -157,6 +160,7 @@ impl StudioApp {
             pending: None,
             allow_close: false,
             loading: None,
+            latent,
         };
         app.select_model("telea");
         match image {
@@ -727,6 +731,7 @@ impl StudioApp {
         if self.finish_stroke_if_released(&ctx) && self.auto_run {
             self.run_job();
         }
+        self.latent_window(&ctx);
         self.help_overlay(&ctx);
         self.close_prompt(&ctx);
 

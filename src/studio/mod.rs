@@ -6,6 +6,8 @@
 //! - [`panels`]: tools, model picker, parameters, progress, status bar
 //! - [`textures`]: preview textures and lazy full-resolution tiles with partial updates
 //! - [`shortcuts`]: keyboard shortcuts and the F1 overlay
+//! - [`latent`]: the latent explorer window (samples, PCA sliders, interpolation, encode),
+//!   driving a [`latent_model::LatentModel`] on its own worker ([`latent_worker`])
 //! - [`demo`]: the built-in damaged photo shown on a first launch
 //!
 //! The studio contains no restoration logic: every repair is a job for the
@@ -15,6 +17,9 @@ pub mod app;
 pub mod canvas;
 pub mod demo;
 pub mod document;
+pub mod latent;
+pub mod latent_model;
+pub mod latent_worker;
 mod panels;
 pub mod shortcuts;
 pub mod textures;

@@ -89,6 +89,14 @@ impl StudioApp {
                     self.canvas.split = split.then_some(0.5);
                 }
                 ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                    let mut latent = self.latent.is_open();
+                    if ui
+                        .toggle_value(&mut latent, "Latent explorer (L)")
+                        .on_hover_text("Samples, sliders, interpolation, encode and put back")
+                        .changed()
+                    {
+                        self.latent.set_open(latent);
+                    }
                     if ui
                         .button("Shortcuts (F1)")
                         .on_hover_text("List every keyboard shortcut")
