@@ -192,6 +192,17 @@ impl Registry {
                         .map_err(|e| format!("cannot load {id}: {e}")),
                 )
             }
+            "rl-refine" => {
+                let weights = self.weights_dir.join(format!("{id}.safetensors"));
+                if !weights.is_file() {
+                    return None;
+                }
+                Some(
+                    crate::rl::refine::RlRefine::load(&self.weights_dir, "rl-refine")
+                        .map(|r| Arc::new(r) as Arc<dyn Restorer>)
+                        .map_err(|e| format!("cannot load {id}: {e}")),
+                )
+            }
             _ => None,
         }
     }

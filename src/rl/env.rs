@@ -379,8 +379,8 @@ pub fn step_frame(
     let mut out = Frame::filled(w, h, 0.0);
     for (y, row) in rows.iter().enumerate() {
         for (x, v) in row.iter().enumerate() {
-            for c in 0..3 {
-                out.data[c * plane + y * w + x] = v[c];
+            for (c, &val) in v.iter().enumerate() {
+                out.data[c * plane + y * w + x] = val;
             }
         }
     }

@@ -70,8 +70,8 @@ pub fn bilateral(img: &Frame, sigma_s: f32, sigma_r: f32) -> Frame {
                     ws += wt;
                 }
             }
-            for c in 0..3 {
-                out.data[c * plane + y as usize * w + x as usize] = acc[c] / ws.max(1e-12);
+            for (c, a) in acc.iter().enumerate() {
+                out.data[c * plane + y as usize * w + x as usize] = a / ws.max(1e-12);
             }
         }
     }
@@ -86,9 +86,12 @@ fn clamped_psnr(out: &Frame, target: &Frame) -> f64 {
     psnr(o.mse(target, None))
 }
 
+/// A named denoiser of the classical grid.
+type Denoiser = (String, Box<dyn Fn(&Frame) -> Frame + Sync>);
+
 /// The classical denoisers tried per sigma: `(name, filter)`.
-fn classical_grid() -> Vec<(String, Box<dyn Fn(&Frame) -> Frame + Sync>)> {
-    let mut out: Vec<(String, Box<dyn Fn(&Frame) -> Frame + Sync>)> = Vec::new();
+fn classical_grid() -> Vec<Denoiser> {
+    let mut out: Vec<Denoiser> = Vec::new();
     for s in [0.5f32, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5] {
         out.push((
             format!("gaussian sigma {s}"),
@@ -212,4 +215,80 @@ pub fn eval_denoise(
 /// Names of the actions, for reports.
 pub fn action_names(set: &[Action]) -> Vec<&'static str> {
     set.iter().map(|a| a.name()).collect()
+}
+
+/// Held-out refinement quality: hole-PSNR of the Telea start and of the agent's result.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct RefineMetrics {
+    /// What was measured and how.
+    pub protocol: String,
+    /// Images.
+    pub images: usize,
+    /// Mean hole-PSNR of the Telea fill (dB).
+    pub telea_hole_psnr_db: f64,
+    /// Mean hole-PSNR after the agent (dB).
+    pub agent_hole_psnr_db: f64,
+    /// Images on which the agent raised the hole-PSNR.
+    pub improved: usize,
+    /// Fraction of hole pixel-steps per action.
+    pub action_share: Vec<(String, f64)>,
+}
+
+/// Evaluates a refine `agent` on `clean` images with seeded scattered damage (specks and
+/// hairs, `coverage` of the image) filled by Telea.
+pub fn eval_refine(
+    agent: &Agent,
+    clean: &[Frame],
+    coverage: f64,
+    seed: u64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> RlResult<RefineMetrics> {
+    let mut before = 0.0;
+    let mut after = 0.0;
+    let mut improved = 0;
+    let mut counts = vec![0u64; agent.set.len()];
+    for (i, target) in clean.iter().enumerate() {
+        let s = crate::train::mix(seed, i as u64);
+        let mask = crate::imaging::mask_synth::scattered_damage(target.w, target.h, coverage, s);
+        let hole = mask.data().to_vec();
+        if mask.is_empty() {
+            continue;
+        }
+        let start = crate::train::rl::classical_fill(target, &hole)
+            .map_err(|e| super::net::RlError::Invalid(e.to_string()))?;
+        let run = agent.run(&start, Some(&hole), &mut |_, _| true)?;
+        let b = psnr(start.mse(target, Some(&hole)));
+        let mut out = run.image.clone();
+        for v in out.data.iter_mut() {
+            *v = v.clamp(0.0, 1.0);
+        }
+        let a = psnr(out.mse(target, Some(&hole)));
+        before += b;
+        after += a;
+        if a > b {
+            improved += 1;
+        }
+        for (c, n) in counts
+            .iter_mut()
+            .zip(action_share(&agent.set, &run.maps, Some(&hole)))
+        {
+            *c += n;
+        }
+        progress(i + 1, clean.len());
+    }
+    let n = clean.len().max(1) as f64;
+    let all: u64 = counts.iter().sum::<u64>().max(1);
+    Ok(RefineMetrics {
+        protocol: String::new(),
+        images: clean.len(),
+        telea_hole_psnr_db: before / n,
+        agent_hole_psnr_db: after / n,
+        improved,
+        action_share: agent
+            .set
+            .iter()
+            .zip(&counts)
+            .map(|(a, &c)| (a.name().to_owned(), c as f64 / all as f64))
+            .collect(),
+    })
 }

@@ -12,6 +12,7 @@ pub mod agent;
 pub mod env;
 pub mod eval;
 pub mod net;
+pub mod refine;
 
 pub use env::{Action, Episode, Frame};
 pub use net::{NetConfig, RlError, RlResult};

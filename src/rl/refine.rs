@@ -1,0 +1,105 @@
+//! `rl-refine`: a Telea fill improved by a PixelRL agent acting on the hole pixels only.
+
+use std::path::Path;
+
+use crate::imaging::{ImageF32, Mask, Rect};
+use crate::restore::telea::Telea;
+use crate::restore::{
+    check_inputs, checkpoint, ParamSpec, Params, Reporter, RestoreError, Restorer,
+};
+
+use super::agent::Agent;
+use super::env::Frame;
+use super::net::{RlError, RlResult};
+
+/// The refinement restorer: Telea fill, then a greedy episode of the agent on the holes.
+pub struct RlRefine {
+    agent: Agent,
+}
+
+impl RlRefine {
+    /// Loads the `refine` agent `<dir>/<id>.safetensors` + `<id>.json`.
+    pub fn load(dir: &Path, id: &str) -> RlResult<Self> {
+        let agent = Agent::load(dir, id)?;
+        if agent.manifest.task != "refine" {
+            return Err(RlError::Invalid(format!(
+                "{id} is a '{}' agent, not a 'refine' one",
+                agent.manifest.task
+            )));
+        }
+        Ok(Self { agent })
+    }
+}
+
+/// Runs the refine `agent` on `image` whose holes `mask` are already filled; hole pixels
+/// change, known pixels are returned bit-identical. `on_step(done, total, image)`.
+pub fn refine_fill(
+    agent: &Agent,
+    filled: &ImageF32,
+    mask: &Mask,
+    on_step: &mut dyn FnMut(usize, usize) -> bool,
+) -> RlResult<ImageF32> {
+    let (w, h, ch) = (filled.width(), filled.height(), filled.channels());
+    let rgb = ImageF32::from_fn(w, h, 3, |x, y, c| {
+        let p = filled.pixel(x, y);
+        if ch >= 3 {
+            p[c]
+        } else {
+            p[0]
+        }
+    });
+    let frame = Frame::from_image(&rgb).ok_or_else(|| RlError::Invalid("not RGB".into()))?;
+    let hole = mask.data().to_vec();
+    let run = agent.run(&frame, Some(&hole), on_step)?;
+    let out = run.image.to_image();
+    Ok(ImageF32::from_fn(w, h, ch, |x, y, c| {
+        if !mask.get(x, y) || (ch == 4 && c == 3) || (ch == 2 && c == 1) {
+            filled.pixel(x, y)[c]
+        } else if ch < 3 {
+            out.pixel(x, y).iter().sum::<f32>() / 3.0
+        } else {
+            out.pixel(x, y)[c].clamp(0.0, 1.0)
+        }
+    }))
+}
+
+impl Restorer for RlRefine {
+    fn id(&self) -> &'static str {
+        "rl-refine"
+    }
+
+    fn param_specs(&self) -> Vec<ParamSpec> {
+        Vec::new()
+    }
+
+    /// Telea's context plus the agent's reach (receptive radius 11 + filter radius 2).
+    fn context_margin(&self, params: &Params, hole: Rect) -> usize {
+        Telea.context_margin(params, hole).max(16)
+    }
+
+    fn restore(
+        &self,
+        image: &ImageF32,
+        mask: &Mask,
+        params: &Params,
+        rep: &dyn Reporter,
+    ) -> Result<ImageF32, RestoreError> {
+        check_inputs(image, mask)?;
+        let filled = Telea.restore(image, mask, params, rep)?;
+        checkpoint(rep)?;
+        let steps = self.agent.steps() as u64;
+        let mut cancelled = false;
+        let out = refine_fill(&self.agent, &filled, mask, &mut |done, total| {
+            rep.progress(done as u64, total.max(1) as u64, "rl-refine step");
+            cancelled = rep.is_cancelled();
+            !cancelled
+        });
+        if cancelled {
+            return Err(RestoreError::Cancelled);
+        }
+        let out = out.map_err(|e| RestoreError::Failed(e.to_string()))?;
+        rep.progress(steps, steps, "rl-refine done");
+        rep.preview(&out);
+        Ok(out)
+    }
+}
