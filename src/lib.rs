@@ -10,5 +10,6 @@ pub mod imaging;
 pub mod models;
 pub mod restore;
 pub mod rl;
+#[cfg(feature = "studio")]
 pub mod studio;
 pub mod train;

@@ -231,3 +231,172 @@ fn degenerate_images_and_masks_give_clear_errors() {
     );
     assert!(!r.ok && r.stderr.contains("cannot read"), "{}", r.stderr);
 }
+
+/// A PNG of `w` x `h` 8-bit RGB whose header is valid (CRCs right) but whose pixel data is a
+/// stub: the size alone must be judged before any pixel is decoded.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = 0xffff_ffffu32;
+        for &b in bytes {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+        }
+        !c
+    }
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+#[test]
+fn decompression_bombs_and_zero_sizes_are_refused_before_decoding() {
+    let d = tempfile::tempdir().expect("tmp");
+    let mask = write_mask(d.path(), 40, 30);
+    let cases = [
+        (
+            "bomb.png",
+            png_header_only(60_000, 60_000),
+            "over the limit",
+        ),
+        ("wide.png", png_header_only(1 << 20, 1), "over the limit"),
+        ("zero_width.png", png_header_only(0, 30), ""),
+        ("zero_height.png", png_header_only(40, 0), ""),
+    ];
+    for (name, bytes, says) in &cases {
+        let t = std::time::Instant::now();
+        assert_clean_failure(d.path(), name, bytes, &mask);
+        let e = load_image(&d.path().join(name))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(says), "{name}: {e}");
+        assert!(t.elapsed().as_secs() < 20, "{name}: too slow to refuse");
+    }
+}
+
+/// Every image input of this file, by name: the broken ones and the valid ones.
+fn all_cases() -> Vec<(String, Vec<u8>)> {
+    let mut cases = Vec::new();
+    for (k, (ext, bytes)) in valid_files().into_iter().enumerate() {
+        let n = bytes.len();
+        cases.push((format!("valid{k}.{ext}"), bytes.clone()));
+        cases.push((format!("empty{k}.{ext}"), Vec::new()));
+        for (label, cut) in [("head", 16.min(n)), ("quarter", n / 4), ("half", n / 2)] {
+            cases.push((format!("{label}{k}.{ext}"), bytes[..cut].to_vec()));
+        }
+        let mut garbage = bytes[..12.min(n)].to_vec();
+        garbage.extend((0..500u32).map(|i| (i * 131 % 251) as u8));
+        cases.push((format!("garbage{k}.{ext}"), garbage));
+    }
+    for ext in ["png", "jpg", "tif", "webp", "bmp", "xyz"] {
+        cases.push((format!("text.{ext}"), b"not an image, just text\n".to_vec()));
+    }
+    let rgb = sample_rgb8();
+    for (name, img, format) in [
+        (
+            "grey.png",
+            DynamicImage::ImageLuma8(rgb.to_luma8()),
+            ImageFormat::Png,
+        ),
+        (
+            "grey16.png",
+            DynamicImage::ImageLuma16(rgb.to_luma16()),
+            ImageFormat::Png,
+        ),
+        (
+            "rgba16.tif",
+            DynamicImage::ImageRgba16(rgb.to_rgba16()),
+            ImageFormat::Tiff,
+        ),
+        (
+            "float.tif",
+            DynamicImage::ImageRgb32F(rgb.to_rgb32f()),
+            ImageFormat::Tiff,
+        ),
+    ] {
+        cases.push((name.to_owned(), encode(&img, format)));
+    }
+    cases.push(("bomb.png".into(), png_header_only(60_000, 60_000)));
+    cases.push(("zero_width.png".into(), png_header_only(0, 30)));
+    cases
+}
+
+/// Loading from bytes takes the same path as loading the file: the same result, or the same
+/// kind of error, for every case. With `KINTSUGI_FUZZ_SEEDS=<dir>` the cases are also written as
+/// seeds of the `load_image` and `load_mask` fuzz targets (first byte: the name's extension).
+#[test]
+fn loading_from_bytes_matches_loading_the_file() {
+    use kintsugi::imaging::io::{load_image_from_bytes, load_mask_any_size, load_mask_from_bytes};
+    use kintsugi::imaging::LoadLimits;
+    let d = tempfile::tempdir().expect("tmp");
+    let limits = LoadLimits::default();
+    let cases = all_cases();
+    let mut loaded = 0;
+    for (name, bytes) in &cases {
+        let path = d.path().join(name);
+        std::fs::write(&path, bytes).expect("write");
+        let from_file = load_image(&path);
+        let from_bytes = load_image_from_bytes(bytes, Path::new(name), &limits);
+        match (&from_file, &from_bytes) {
+            (Ok(a), Ok(b)) => {
+                assert_eq!(a.pixels.data(), b.pixels.data(), "{name}");
+                assert_eq!((a.depth, a.format), (b.depth, b.format), "{name}");
+                loaded += 1;
+            }
+            (Err(a), Err(b)) => assert_eq!(
+                std::mem::discriminant(a),
+                std::mem::discriminant(b),
+                "{name}: {a} vs {b}"
+            ),
+            _ => panic!("{name}: file and bytes disagree"),
+        }
+        let mask_file = load_mask_any_size(&path).ok();
+        let mask_bytes = load_mask_from_bytes(bytes, Path::new(name), &limits).ok();
+        assert_eq!(
+            mask_file.map(|m| m.data().to_vec()),
+            mask_bytes.map(|m| m.data().to_vec()),
+            "{name}"
+        );
+    }
+    // The valid files and variants load; all the others fail.
+    assert_eq!(loaded, 6 + 4, "{} cases", cases.len());
+    if let Some(root) = std::env::var_os("KINTSUGI_FUZZ_SEEDS") {
+        const HINTS: [&str; 6] = ["", "png", "jpg", "tif", "webp", "bmp"];
+        for target in ["load_image", "load_mask"] {
+            let dir = Path::new(&root).join(target);
+            std::fs::create_dir_all(&dir).expect("seed dir");
+            for (name, bytes) in &cases {
+                let ext = Path::new(name)
+                    .extension()
+                    .and_then(|e| e.to_str())
+                    .unwrap_or("");
+                let hint = HINTS.iter().position(|h| *h == ext).unwrap_or(0) as u8;
+                let mut seed = vec![hint];
+                seed.extend_from_slice(bytes);
+                std::fs::write(dir.join(format!("seed-{name}")), seed).expect("seed");
+            }
+        }
+    }
+}

@@ -1,8 +1,10 @@
-//! `kintsugi bench`: restorer time against image size at a fixed fraction of scattered damage.
+//! `kintsugi bench`: model load time, restorer time against image size at a fixed fraction of
+//! scattered damage, and engine latency, all measured in one run.
 //!
 //! The figure that matters is the ratio between sizes: with the region pipeline, cost follows
 //! the damaged area, so a 24 MP scan with 1% damage should cost about 24x a 1 MP one (the
-//! damage is 24x larger), not more.
+//! damage is 24x larger), not more. The scaling table prints that ratio next to the damage
+//! ratio; their quotient is 1.0 when cost grows exactly with the damage.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,6 +15,7 @@ use super::progress::run_job;
 use crate::engine::{Engine, EngineConfig, EventKind, JobKind};
 use crate::imaging::mask_synth::scattered_damage;
 use crate::imaging::ImageF32;
+use crate::models::registry::{Family, Registry};
 use crate::restore::Params;
 
 /// Arguments of `bench`.
@@ -37,6 +40,9 @@ pub struct Args {
     /// Skip the engine latency measurement (submit to first preview, cancel to stop).
     #[arg(long)]
     pub no_latency: bool,
+    /// Skip timing the loading of the learned models.
+    #[arg(long)]
+    pub no_load: bool,
 }
 
 /// A synthetic 3:2 RGB "scan": smooth gradients, a few frequencies and fine grain.
@@ -70,6 +76,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for m in &args.models {
         config.registry.restorer(m)?;
     }
+    if !args.no_load {
+        model_load_times(&config.registry);
+        println!();
+    }
     let engine = Engine::start(config)?;
     println!(
         "restorer time vs image size, {:.1}% scattered damage, {threads} thread(s)",
@@ -89,8 +99,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (mp, Arc::new(img), Arc::new(mask))
         })
         .collect();
+    // (model, time of the first size, time of the last size) for the scaling table, and the
+    // full PatchMatch time on the last scan for the latency ratios.
+    let mut scaling = Vec::new();
+    let mut patchmatch_last = None;
     for model in &args.models {
         let mut baseline = None;
+        let mut last = 0.0;
         for (mp, img, mask) in &scans {
             let job = JobKind::Restore {
                 image: img.clone(),
@@ -103,6 +118,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let damage = mask.count();
             let per_mp = ms / (damage as f64 / 1e6);
             let base = *baseline.get_or_insert(ms);
+            last = ms;
             println!(
                 "{:<11} {:>7.1} {:>12} {:>10.1} {:>14.1} {:>13.2}",
                 model,
@@ -113,23 +129,107 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ms / base
             );
         }
+        if model == "patchmatch" {
+            patchmatch_last = Some(last);
+        }
+        scaling.push((model.clone(), baseline.unwrap_or(0.0), last));
+    }
+    if let (Some(first), Some(last)) = (scans.first(), scans.last()) {
+        if scans.len() > 1 {
+            let damage_ratio = last.2.count() as f64 / first.2.count().max(1) as f64;
+            println!();
+            println!(
+                "scaling {} MP vs {} MP at {:.1}% damage (damage {damage_ratio:.1}x; \
+                 time/damage 1.00 = cost follows the damage)",
+                last.0,
+                first.0,
+                args.coverage * 100.0
+            );
+            println!(
+                "{:<11} {:>10} {:>10} {:>12} {:>12}",
+                "model", "ms small", "ms large", "time ratio", "time/damage"
+            );
+            for (model, small, large) in &scaling {
+                let ratio = large / small.max(1e-9);
+                println!(
+                    "{:<11} {:>10.1} {:>10.1} {:>11.2}x {:>12.2}",
+                    model,
+                    small,
+                    large,
+                    ratio,
+                    ratio / damage_ratio
+                );
+            }
+        }
     }
     if !args.no_latency {
         if let Some((mp, img, mask)) = scans.last() {
             println!();
-            println!("engine latency on the {mp:.0} MP scan (patchmatch), median of 5:");
+            println!("engine latency on the {mp} MP scan (patchmatch), median of 5:");
             let (first, cancel) = latency(&engine, img, mask)?;
+            let (first_ms, cancel_ms) = (first.as_secs_f64() * 1e3, cancel.as_secs_f64() * 1e3);
+            // Ratios against the full PatchMatch run on the same scan, timed above.
+            let of_run = |ms: f64| match patchmatch_last {
+                Some(run) if run > 0.0 => {
+                    format!(" ({:.2}% of the {:.0} ms run)", ms / run * 100.0, run)
+                }
+                _ => String::new(),
+            };
             println!(
-                "  submit to first preview: {:.1} ms",
-                first.as_secs_f64() * 1e3
+                "  submit to first preview: {first_ms:.1} ms{}",
+                of_run(first_ms)
             );
             println!(
-                "  cancel to Cancelled event: {:.1} ms",
-                cancel.as_secs_f64() * 1e3
+                "  cancel to Cancelled event: {cancel_ms:.1} ms{}",
+                of_run(cancel_ms)
             );
         }
     }
     Ok(())
+}
+
+/// Prints how long each learned model with weights present takes to load (median of 3 loads
+/// through the registry, as the engine loads it), or why it was skipped.
+fn model_load_times(registry: &Registry) {
+    println!(
+        "model load time (median of 3, weights from {}):",
+        registry.weights_dir().display()
+    );
+    println!("{:<14} {:>10} {:>12}  note", "model", "ms", "weights MB");
+    for m in registry.list() {
+        if m.family == Family::Classical {
+            continue;
+        }
+        let weights = registry.weights_dir().join(format!("{}.safetensors", m.id));
+        let Ok(meta) = std::fs::metadata(&weights) else {
+            println!(
+                "{:<14} {:>10} {:>12}  skipped: no weights file",
+                m.id, "-", "-"
+            );
+            continue;
+        };
+        let mb = meta.len() as f64 / 1e6;
+        let mut times = Vec::new();
+        let mut failure = None;
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            match registry.restorer(m.id) {
+                Ok(_) => times.push(t0.elapsed()),
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        match failure {
+            Some(why) => println!("{:<14} {:>10} {:>12.2}  unavailable: {why}", m.id, "-", mb),
+            None => {
+                times.sort();
+                let ms = times[times.len() / 2].as_secs_f64() * 1e3;
+                println!("{:<14} {:>10.1} {:>12.2}  loaded", m.id, ms, mb);
+            }
+        }
+    }
 }
 
 /// Median time from submitting a PatchMatch job to its first preview, and from cancelling a

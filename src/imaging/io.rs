@@ -2,7 +2,7 @@
 //! atomic writes that never touch the source file.
 
 use std::fs;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Cursor, Seek, Write};
 use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader};
@@ -198,6 +198,46 @@ pub fn load_mask_any_size(path: &Path) -> Result<Mask, ImagingError> {
     Ok(mask_from_dynamic(&dynimg))
 }
 
+/// Loads an image from bytes in memory, exactly as [`load_image_with`] loads a file: `name`
+/// stands for the file in errors, and its extension is the fallback when the content names no
+/// format (pass `Path::new("")` for none).
+pub fn load_image_from_bytes(
+    bytes: &[u8],
+    name: &Path,
+    limits: &LoadLimits,
+) -> Result<LoadedImage, ImagingError> {
+    let (dynimg, format) = decode_bytes(bytes, name, limits)?;
+    let depth = depth_of(&dynimg);
+    Ok(LoadedImage {
+        pixels: to_f32(&dynimg),
+        depth,
+        format,
+    })
+}
+
+/// Loads a mask of any size from bytes in memory, as [`load_mask_any_size`] loads a file.
+pub fn load_mask_from_bytes(
+    bytes: &[u8],
+    name: &Path,
+    limits: &LoadLimits,
+) -> Result<Mask, ImagingError> {
+    let (dynimg, _) = decode_bytes(bytes, name, limits)?;
+    Ok(mask_from_dynamic(&dynimg))
+}
+
+fn decode_bytes(
+    bytes: &[u8],
+    name: &Path,
+    limits: &LoadLimits,
+) -> Result<(DynamicImage, ImageFormat), ImagingError> {
+    if bytes.is_empty() {
+        return Err(ImagingError::EmptyFile {
+            path: name.to_owned(),
+        });
+    }
+    decode_reader(Cursor::new(bytes), name, limits)
+}
+
 /// Interprets a decoded image as a mask.
 ///
 /// A pixel is a hole where its alpha is non-zero, for images with an alpha channel that is not
@@ -234,7 +274,21 @@ fn decode(path: &Path, limits: &LoadLimits) -> Result<(DynamicImage, ImageFormat
         });
     }
     let file = fs::File::open(path).map_err(read_err)?;
-    let mut reader = ImageReader::new(BufReader::new(file))
+    decode_reader(BufReader::new(file), path, limits)
+}
+
+/// Decodes from any seekable reader. `path` names the source in errors, and its extension is
+/// the fallback when the content names no format.
+fn decode_reader<R: BufRead + Seek>(
+    source: R,
+    path: &Path,
+    limits: &LoadLimits,
+) -> Result<(DynamicImage, ImageFormat), ImagingError> {
+    let read_err = |source| ImagingError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let mut reader = ImageReader::new(source)
         .with_guessed_format()
         .map_err(read_err)?;
     if reader.format().is_none() {

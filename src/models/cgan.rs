@@ -186,6 +186,10 @@ impl Generator {
     }
 }
 
+/// Largest generator base width [`LoadedGenerator::load`] accepts: far above any trained model,
+/// low enough that no layer size overflows.
+pub const MAX_BASE: usize = 4096;
+
 /// A generator with its variables, loadable from and savable to safetensors.
 pub struct LoadedGenerator {
     /// The variables (names as in the weights file).
@@ -216,10 +220,36 @@ impl LoadedGenerator {
         if !path.is_file() {
             return Err(err("file not found".into()));
         }
+        if cfg.base > MAX_BASE {
+            return Err(err(format!(
+                "generator base width {} is over the limit of {MAX_BASE}",
+                cfg.base
+            )));
+        }
+        // Check the file against the architecture before allocating the model, so a size
+        // that disagrees with the file is an error rather than a large allocation.
+        let tensors = candle_core::safetensors::load(path, dev)
+            .map_err(|e| err(format!("not a readable safetensors file ({e})")))?;
+        Generator::new(VarBuilder::from_tensors(tensors, DType::F32, dev), cfg)
+            .map_err(|e| err(format!("does not fit the architecture {cfg:?}: {e}")))?;
         let mut m = Self::fresh(cfg, 0, dev)?;
         m.varmap
             .load(path)
             .map_err(|e| err(format!("unreadable or wrong architecture ({e})")))?;
+        for (name, var) in named_vars(&m.varmap, false)? {
+            let finite = var
+                .as_tensor()
+                .flatten_all()
+                .and_then(|t| t.to_dtype(DType::F32))
+                .and_then(|t| t.to_vec1::<f32>())?
+                .iter()
+                .all(|v| v.is_finite());
+            if !finite {
+                return Err(err(format!(
+                    "'{name}' holds NaN or infinite values (a diverged or damaged file)"
+                )));
+            }
+        }
         m.cfg = cfg;
         Ok(m)
     }

@@ -49,6 +49,14 @@ pub enum VaeError {
     /// The configuration or the input is not usable.
     #[error("invalid: {0}")]
     Invalid(String),
+    /// A weights file that does not fit the architecture or holds unusable values.
+    #[error("VAE weights {path}: {reason}")]
+    Weights {
+        /// The weights file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// Result alias of this module.
@@ -90,6 +98,15 @@ impl VaeConfig {
             return Err(VaeError::Invalid(format!(
                 "latent {} must be positive and base {} even and >= 2",
                 self.latent, self.base
+            )));
+        }
+        // Far above any model we train, low enough that no size computed from them overflows
+        // and a corrupt manifest cannot ask for an absurd network.
+        if self.image_size > 4096 || self.latent > 65_536 || self.base > 4096 {
+            return Err(VaeError::Invalid(format!(
+                "sizes out of range: image_size {} (max 4096), latent {} (max 65536), base {} \
+                 (max 4096)",
+                self.image_size, self.latent, self.base
             )));
         }
         if !(self.sigma > 0.0 && self.sigma.is_finite()) {
@@ -506,25 +523,48 @@ impl LoadedVae {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "weights not found"),
             });
         }
+        let bad = |reason: String| VaeError::Weights {
+            path: weights.to_owned(),
+            reason,
+        };
+        // Read by hand rather than with `VarMap::load` so that f16 files (the shipped format)
+        // load too: every tensor is converted to the model's f32.
+        let tensors = candle_core::safetensors::load(weights, dev)
+            .map_err(|e| bad(format!("not a readable safetensors file ({e})")))?;
+        // Check every tensor against the architecture before allocating the model, so sizes
+        // that disagree with the file are an error here rather than a large allocation.
+        cfg.validate()?;
+        Vae::new(
+            VarBuilder::from_tensors(tensors.clone(), DType::F32, dev),
+            cfg,
+        )
+        .map_err(|e| bad(format!("does not fit the architecture {cfg:?}: {e}")))?;
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, dev);
         let vae = Vae::new(vb, cfg)?;
-        // Read by hand rather than with `VarMap::load` so that f16 files (the shipped format)
-        // load too: every tensor is converted to the model's f32.
-        let tensors = candle_core::safetensors::load(weights, dev)?;
         for (name, var) in sorted_vars(&varmap)? {
-            let t = tensors.get(&name).ok_or_else(|| {
-                VaeError::Invalid(format!("{} has no tensor '{name}'", weights.display()))
-            })?;
+            let t = tensors
+                .get(&name)
+                .ok_or_else(|| bad(format!("has no tensor '{name}'")))?;
             if t.shape() != var.shape() {
-                return Err(VaeError::Invalid(format!(
-                    "{}: '{name}' is {:?}, the model expects {:?}",
-                    weights.display(),
+                return Err(bad(format!(
+                    "'{name}' is {:?}, the model expects {:?}",
                     t.dims(),
                     var.dims()
                 )));
             }
-            var.set(&t.to_dtype(DType::F32)?)?;
+            let t = t.to_dtype(DType::F32)?;
+            let finite = t
+                .flatten_all()
+                .and_then(|f| f.to_vec1::<f32>())?
+                .iter()
+                .all(|v| v.is_finite());
+            if !finite {
+                return Err(bad(format!(
+                    "'{name}' holds NaN or infinite values (a diverged or damaged file)"
+                )));
+            }
+            var.set(&t)?;
         }
         Ok(Self { vae, varmap })
     }
