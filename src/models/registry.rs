@@ -183,8 +183,14 @@ impl Registry {
             "vae-faces" => {
                 let weights = self.weights_dir.join(format!("{id}.safetensors"));
                 let manifest = self.weights_dir.join(format!("{id}.json"));
-                if !weights.is_file() || !manifest.is_file() {
+                if !weights.is_file() {
                     return None;
+                }
+                if !manifest.is_file() {
+                    return Some(Err(format!(
+                        "manifest not found: {} (the weights need it for their sizes)",
+                        manifest.display()
+                    )));
                 }
                 Some(
                     crate::models::vae_inpaint::VaeInpaint::load(&self.weights_dir, "vae-faces")
