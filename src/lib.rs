@@ -5,6 +5,7 @@
 //! ([`engine`]). See `DESIGN.md` in the shared design folder for the architecture.
 
 pub mod cli;
+pub mod detect;
 pub mod engine;
 pub mod imaging;
 pub mod models;

@@ -3,6 +3,8 @@
 mod bench;
 mod bench_conv;
 mod denoise;
+mod detect;
+mod eval_detect;
 mod eval;
 mod inpaint;
 mod models;
@@ -10,6 +12,7 @@ mod progress;
 mod sample;
 mod train;
 mod train_cgan;
+mod train_detect;
 mod train_rl;
 
 use std::path::PathBuf;
@@ -55,6 +58,12 @@ pub enum Command {
     Sample(sample::SampleArgs),
     /// Decode a strip of latent codes between two seeds.
     Interpolate(sample::InterpolateArgs),
+    /// Propose a damage mask (dust, scratches, hairs) for INPUT and write it to MASK.
+    Detect(detect::Args),
+    /// Detect the damage of INPUT and inpaint it in one go.
+    Restore(detect::RestoreArgs),
+    /// Score the damage detectors: synthetic held-out damage, real film-damage triplets, clean photos.
+    EvalDetect(eval_detect::Args),
 }
 
 /// Runs a subcommand; errors are reported once by `main`.
@@ -69,6 +78,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run_sample(a),
         Command::Interpolate(a) => sample::run_interpolate(a),
+        Command::Detect(a) => detect::run(a),
+        Command::Restore(a) => detect::run_restore(a),
+        Command::EvalDetect(a) => eval_detect::run(a),
     }
 }
 

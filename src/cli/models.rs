@@ -30,5 +30,16 @@ pub fn run(_args: Args) -> anyhow::Result<()> {
             println!("{:<14} {:<10} {:<11} why: {}", "", "", "", why);
         }
     }
+    println!("\ndamage detectors (kintsugi detect --detector ...):");
+    for (id, description, availability) in registry.detectors() {
+        let status = match &availability {
+            Availability::Available => "available",
+            Availability::Unavailable(_) => "unavailable",
+        };
+        println!("{:<14} {:<10} {:<11} {}", id, "detector", status, description);
+        if let Availability::Unavailable(why) = &availability {
+            println!("{:<14} {:<10} {:<11} why: {}", "", "", "", why);
+        }
+    }
     Ok(())
 }

@@ -26,6 +26,8 @@ pub enum Family {
     Vae(VaeArgs),
     /// Train the gated-convolution inpainting GAN on random crops of clean photos.
     Cgan(CganArgs),
+    /// Train the damage detector (tiny U-Net) on clean photos with synthetic damage.
+    Detect(super::train_detect::DetectArgs),
     /// Train a PixelRL agent (`--task denoise|refine`) with advantage actor-critic.
     Rl(super::train_rl::RlArgs),
 }
@@ -101,6 +103,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.family {
         Family::Vae(a) => run_vae(a),
         Family::Cgan(a) => run_cgan(a),
+        Family::Detect(a) => super::train_detect::run_detect(a),
         Family::Rl(a) => super::train_rl::run_rl(a),
     }
 }

@@ -233,6 +233,30 @@ impl Registry {
                 },
                 None => Err(RestoreError::UnknownModel(other.to_owned())),
             },
+    /// The damage detectors (`kintsugi detect --detector ...`) with their availability:
+    /// `classical` always, `detect-damage` when its weights and manifest load.
+    pub fn detectors(&self) -> Vec<(&'static str, &'static str, Availability)> {
+        let learned = match crate::detect::learned::Learned::load(
+            &self.weights_dir,
+            crate::detect::learned::MODEL_ID,
+        ) {
+            Ok(_) => Availability::Available,
+            Err(e) => Availability::Unavailable(format!("{e}; the classical detector is used")),
+        };
+        vec![
+            (
+                crate::detect::learned::MODEL_ID,
+                "Tiny U-Net damage detector (dust, scratches, hairs, small stains)",
+                learned,
+            ),
+            (
+                "classical",
+                "Top-hat/black-hat and oriented line filters: the weight-free fallback",
+                Availability::Available,
+            ),
+        ]
+    }
+
         }
     }
 }

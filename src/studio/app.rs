@@ -109,6 +109,8 @@ pub struct StudioApp {
     pub(super) pending: Option<Pending>,
     pub(super) allow_close: bool,
     pub(super) loading: Option<(PathBuf, Receiver<Result<LoadedImage, String>>)>,
+    /// The "Detect damage" tool: running detection and its proposal layer.
+    pub(super) detect: super::detect::DetectTool,
     /// The latent explorer window (L).
     pub(super) latent: super::latent::LatentPanel,
 }
@@ -160,6 +162,7 @@ impl StudioApp {
             pending: None,
             allow_close: false,
             loading: None,
+            detect: Default::default(),
             latent,
         };
         app.select_model("telea");
@@ -719,6 +722,7 @@ impl StudioApp {
         self.handle_shortcuts(&ctx);
         self.handle_dropped_files(&ctx);
         self.poll_engine();
+        self.poll_detect();
         self.sync_textures();
 
         self.top_bar(ui);
@@ -727,7 +731,10 @@ impl StudioApp {
         self.model_panel(ui);
         egui::CentralPanel::default()
             .frame(egui::Frame::NONE.fill(Color32::from_gray(28)))
-            .show(ui, |ui| self.canvas_ui(ui));
+            .show(ui, |ui| {
+                self.canvas_ui(ui);
+                self.paint_detect_overlay(ui);
+            });
         if self.finish_stroke_if_released(&ctx) && self.auto_run {
             self.run_job();
         }

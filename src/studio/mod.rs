@@ -6,6 +6,8 @@
 //! - [`panels`]: tools, model picker, parameters, progress, status bar
 //! - [`textures`]: preview textures and lazy full-resolution tiles with partial updates
 //! - [`shortcuts`]: keyboard shortcuts and the F1 overlay
+//! - [`detect`]: "Detect damage": a background detection shown as a proposal layer, with live
+//!   sensitivity and dilation sliders, accepted into the mask as one undo step
 //! - [`latent`]: the latent explorer window (samples, PCA sliders, interpolation, encode),
 //!   driving a [`latent_model::LatentModel`] on its own worker ([`latent_worker`])
 //! - [`demo`]: the built-in damaged photo shown on a first launch
@@ -16,6 +18,7 @@
 pub mod app;
 pub mod canvas;
 pub mod demo;
+pub mod detect;
 pub mod document;
 pub mod latent;
 pub mod latent_model;

@@ -203,6 +203,7 @@ impl StudioApp {
                 ui.separator();
                 ui.checkbox(&mut self.auto_run, "Auto-run after each stroke")
                     .on_hover_text("Run the selected model whenever you lift the brush");
+                self.detect_section(ui);
             });
     }
 

@@ -3,6 +3,7 @@
 
 pub mod cgan;
 pub mod damage_synth;
+pub mod detect;
 pub mod rl;
 pub mod vae;
 

@@ -1,0 +1,417 @@
+//! `kintsugi eval-detect`: scores the damage detectors on held-out synthetic damage, on the real
+//! damaged/clean/mask triplets of film-damage, and on untouched photos (false positives), and
+//! times them on a synthetic 24-megapixel scan.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+
+use super::detect::run_detection;
+use crate::detect::classical::{Classical, ClassicalParams};
+use crate::detect::metrics::{Counts, Sweep};
+use crate::detect::{detect, threshold_level, Detector, ProbMap, TileOptions};
+use crate::imaging::{load_image, ImageF32, Mask};
+use crate::models::registry::Registry;
+use crate::restore::NullReporter;
+use crate::train::cgan::CropSource;
+use crate::train::damage_synth::ArtifactBank;
+use crate::train::detect::synth_sample;
+
+/// Arguments of `eval-detect`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Photo folder with `val` (held-out) and `train` subfolders (e.g. ../shared/datasets/bsds500).
+    #[arg(long, default_value = "../shared/datasets/bsds500")]
+    pub data: PathBuf,
+    /// film-damage folder: artifacts for the synthetic damage, `triplets/` for real damage.
+    #[arg(long, default_value = "../shared/datasets/film-damage")]
+    pub film_damage: PathBuf,
+    /// Which photos to damage: `val` (held out; the reported numbers) or `train` (tuning).
+    #[arg(long, default_value = "val")]
+    pub split: String,
+    /// Detectors to score: `all`, `learned` or `classical`.
+    #[arg(long, default_value = "all")]
+    pub detector: String,
+    /// Damaged crops per photo.
+    #[arg(long, default_value_t = 2)]
+    pub crops: usize,
+    /// Side of the damaged crops.
+    #[arg(long, default_value_t = 192)]
+    pub crop: usize,
+    /// Sensitivity at which the mask is scored.
+    #[arg(long, default_value_t = crate::detect::DEFAULT_SENSITIVITY)]
+    pub sensitivity: f32,
+    /// Classical detector setting NAME=VALUE (repeatable; tuning).
+    #[arg(long = "classical", value_parser = super::parse_param)]
+    pub classical: Vec<(String, f64)>,
+    /// Skip the real triplets and the clean photos (fast tuning loop).
+    #[arg(long)]
+    pub synthetic_only: bool,
+    /// Also time detection of a synthetic scan of this many megapixels (e.g. 24).
+    #[arg(long)]
+    pub bench_mp: Option<f64>,
+    /// Threads for the timing (default 2, the issue's target machine).
+    #[arg(long, default_value_t = 2)]
+    pub bench_threads: usize,
+    /// Write the scores as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the learned detector's scores into `weights/detect-damage.json` (`metrics`).
+    #[arg(long)]
+    pub update_manifest: bool,
+    /// Save the real triplets' proposals and the first 8 synthetic crops (damaged, truth,
+    /// probabilities of each detector) as PNGs into this folder.
+    #[arg(long)]
+    pub save_masks: Option<PathBuf>,
+}
+
+fn classical_from(list: &[(String, f64)]) -> anyhow::Result<Classical> {
+    let mut p = ClassicalParams::default();
+    for (k, v) in list {
+        let f = *v as f32;
+        match k.as_str() {
+            "radius" => p.radius = *v as usize,
+            "texture_radius" => p.texture_radius = *v as usize,
+            "line_radius" => p.line_radius = *v as usize,
+            "floor" => p.floor = f,
+            "base" => p.base = f,
+            "texture_weight" => p.texture_weight = f,
+            "line_gain" => p.line_gain = f,
+            "s0" => p.s0 = f,
+            "slope" => p.slope = f,
+            other => bail!("unknown classical setting '{other}'"),
+        }
+    }
+    Ok(Classical::new(p))
+}
+
+fn probs(det: &dyn Detector, img: &ImageF32) -> anyhow::Result<ProbMap> {
+    Ok(detect(det, img, TileOptions::default(), &NullReporter)?)
+}
+
+fn counts_json(c: &Counts) -> serde_json::Value {
+    serde_json::json!({
+        "precision": c.precision(),
+        "recall": c.recall(),
+        "f1": c.f1(),
+        "iou": c.iou(),
+        "tp": c.tp, "fp": c.fp, "fn": c.fn_, "tn": c.tn,
+    })
+}
+
+fn line(label: &str, c: &Counts) -> String {
+    format!(
+        "  {label:<34} P {:.3}  R {:.3}  F1 {:.3}  IoU {:.3}",
+        c.precision(),
+        c.recall(),
+        c.f1(),
+        c.iou()
+    )
+}
+
+/// Loads a film-damage triplet: the damaged scan and its mask resized to it (bilinear, then
+/// `> 127`).
+fn load_triplet(dir: &Path, id: &str) -> anyhow::Result<(ImageF32, Mask)> {
+    let img = load_image(&dir.join(format!("input_{id}.jpg")))?.pixels;
+    let mpath = dir.join(format!("{id}_mask.png"));
+    let m = image::open(&mpath)
+        .with_context(|| format!("reading {}", mpath.display()))?
+        .to_luma8();
+    let (w, h) = (img.width(), img.height());
+    let m = if (m.width() as usize, m.height() as usize) != (w, h) {
+        image::imageops::resize(
+            &m,
+            w as u32,
+            h as u32,
+            image::imageops::FilterType::Triangle,
+        )
+    } else {
+        m
+    };
+    let mask = Mask::from_vec(w, h, m.as_raw().iter().map(|&v| v > 127).collect())
+        .ok_or_else(|| anyhow::anyhow!("{}: bad mask size", mpath.display()))?;
+    Ok((img, mask))
+}
+
+/// A synthetic scan of about `mp` megapixels: photos tiled side by side with synthetic damage.
+fn bench_image(source: &CropSource, bank: Option<&ArtifactBank>, mp: f64) -> ImageF32 {
+    let w = ((mp * 1e6 * 1.5).sqrt() as usize).max(16);
+    let h = ((mp * 1e6) as usize / w).max(16);
+    let side = 256;
+    let mut img = ImageF32::new(w, h, 3);
+    let mut rng = StdRng::seed_from_u64(24);
+    let mut k = 0u64;
+    for y0 in (0..h).step_by(side) {
+        for x0 in (0..w).step_by(side) {
+            let Ok(clean) = source.crop(&mut rng, side) else {
+                continue;
+            };
+            let (d, _) = synth_sample(&clean, bank, k);
+            k += 1;
+            let pw = side.min(w - x0);
+            let ph = side.min(h - y0);
+            img.paste(
+                &d.crop(crate::imaging::Rect {
+                    x: 0,
+                    y: 0,
+                    width: pw,
+                    height: ph,
+                }),
+                x0,
+                y0,
+                None,
+            );
+        }
+    }
+    img
+}
+
+/// CPU seconds (user + system) this process has used, from `/proc/self/stat` (Linux); `None`
+/// elsewhere. On a busy shared machine, CPU time divided by the threads estimates the wall time
+/// the same work takes on idle cores.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11)?.parse().ok()?;
+    let stime: f64 = f.get(12)?.parse().ok()?;
+    // Clock ticks are 100 per second on Linux.
+    Some((utime + stime) / 100.0)
+}
+
+/// Runs `eval-detect`.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let registry = Registry::default();
+    let mut dets: Vec<(String, Arc<dyn Detector>)> = Vec::new();
+    if a.detector == "all" || a.detector == "learned" {
+        match crate::detect::learned::Learned::load(
+            registry.weights_dir(),
+            crate::detect::learned::MODEL_ID,
+        ) {
+            Ok(l) => dets.push(("learned".into(), Arc::new(l))),
+            Err(e) if a.detector == "all" => eprintln!("note: learned detector skipped: {e}"),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    if a.detector == "all" || a.detector == "classical" {
+        dets.push(("classical".into(), Arc::new(classical_from(&a.classical)?)));
+    }
+    if dets.is_empty() {
+        bail!("no detector to score ('{}')", a.detector);
+    }
+    let level = threshold_level(a.sensitivity);
+    let photos_dir = a.data.join(&a.split);
+    let source = CropSource::load_dirs(std::slice::from_ref(&photos_dir))
+        .with_context(|| format!("reading {}", photos_dir.display()))?;
+    // Artifacts chosen with another seed than training's (7): the held-out shapes differ too.
+    let bank = ArtifactBank::load(&a.film_damage, 40, 200, 1234)
+        .with_context(|| format!("reading artifacts in {}", a.film_damage.display()))?;
+    let mut rng = StdRng::seed_from_u64(2024);
+    let mut items = Vec::new();
+    for i in 0..source.len() * a.crops {
+        let clean = source.crop(&mut rng, a.crop)?;
+        items.push(synth_sample(&clean, Some(&bank), 0x5eed_0000 + i as u64));
+    }
+    let coverage: f64 =
+        items.iter().map(|(_, m)| m.coverage()).sum::<f64>() / items.len().max(1) as f64;
+    println!(
+        "synthetic held-out damage: {} crops {}x{} of {} ({} photos), mean damage {:.2}% of \
+         pixels; sensitivity {} (probability >= {:.3}); pixel-level scores, no dilation",
+        items.len(),
+        a.crop,
+        a.crop,
+        photos_dir.display(),
+        source.len(),
+        100.0 * coverage,
+        a.sensitivity,
+        f32::from(level) / 255.0
+    );
+    let mut report = serde_json::Map::new();
+    for (name, det) in &dets {
+        let start = Instant::now();
+        let mut sweep = Sweep::default();
+        let mut dilated = Counts::default();
+        for (k, (img, m)) in items.iter().enumerate() {
+            let p = probs(det.as_ref(), img)?;
+            sweep.add(p.data(), m);
+            if let Some(dir) = a.save_masks.as_ref().filter(|_| k < 8) {
+                std::fs::create_dir_all(dir)?;
+                let bd = crate::imaging::BitDepth::U8;
+                crate::imaging::save_image(img, bd, &dir.join(format!("synth{k}.png")), None)?;
+                crate::imaging::io::save_mask(m, &dir.join(format!("synth{k}_truth.png")), None)?;
+                crate::imaging::save_image(
+                    &p.to_image(),
+                    bd,
+                    &dir.join(format!("synth{k}_{name}.png")),
+                    None,
+                )?;
+            }
+            dilated = dilated.merged(Counts::of(
+                &p.mask(a.sensitivity, crate::detect::DEFAULT_DILATION),
+                &m.dilate(crate::detect::DEFAULT_DILATION),
+            ));
+        }
+        let c = sweep.at(level);
+        let (best_level, best) = sweep.best_f1();
+        println!("{name} ({:.1} s):", start.elapsed().as_secs_f64());
+        println!("{}", line("synthetic", &c));
+        println!("{}", line("synthetic, both masks dilated 2 px", &dilated));
+        println!(
+            "{}  (at sensitivity {:.2})",
+            line("synthetic, best threshold", &best),
+            1.0 - f32::from(best_level) / 255.0
+        );
+        let mut entry = serde_json::Map::new();
+        entry.insert("synthetic".into(), counts_json(&c));
+        entry.insert("synthetic_dilated_2px".into(), counts_json(&dilated));
+        entry.insert(
+            "synthetic_best".into(),
+            serde_json::json!({"sensitivity": 1.0 - f32::from(best_level) / 255.0, "scores": counts_json(&best)}),
+        );
+        if !a.synthetic_only {
+            let tdir = a.film_damage.join("triplets");
+            let mut total = Counts::default();
+            let mut total_sweep = Sweep::default();
+            let mut per = serde_json::Map::new();
+            for id in [
+                "cinestill50d_half_1",
+                "cinestill800t_half_1",
+                "cinestill800t_half_5",
+            ] {
+                let (img, m) = load_triplet(&tdir, id)?;
+                let p = probs(det.as_ref(), &img)?;
+                total_sweep.add(p.data(), &m);
+                let pred = p.threshold(a.sensitivity);
+                let c = Counts::of(&pred, &m);
+                total = total.merged(c);
+                println!(
+                    "{}  (truth {:.2}% of pixels, flagged {:.2}%)",
+                    line(&format!("real {id}"), &c),
+                    100.0 * m.coverage(),
+                    100.0 * pred.coverage()
+                );
+                per.insert(id.into(), counts_json(&c));
+                if let Some(dir) = &a.save_masks {
+                    std::fs::create_dir_all(dir)?;
+                    crate::imaging::io::save_mask(
+                        &p.mask(a.sensitivity, crate::detect::DEFAULT_DILATION),
+                        &dir.join(format!("{name}_{id}.png")),
+                        None,
+                    )?;
+                }
+            }
+            let (bl, bc) = total_sweep.best_f1();
+            println!("{}", line("real, all three", &total));
+            println!(
+                "{}  (at sensitivity {:.2})",
+                line("real, best threshold", &bc),
+                1.0 - f32::from(bl) / 255.0
+            );
+            entry.insert("real_triplets".into(), counts_json(&total));
+            entry.insert("real_triplets_each".into(), serde_json::Value::Object(per));
+            entry.insert(
+                "real_triplets_best".into(),
+                serde_json::json!({"sensitivity": 1.0 - f32::from(bl) / 255.0, "scores": counts_json(&bc)}),
+            );
+            // False positives on the untouched photos of the split (val for the reported numbers).
+            let val_dir = photos_dir.clone();
+            let mut fp = Counts::default();
+            let mut fp_dil = Counts::default();
+            let mut n = 0;
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&val_dir)
+                .with_context(|| format!("reading {}", val_dir.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().is_some_and(|e| {
+                        e.eq_ignore_ascii_case("jpg") || e.eq_ignore_ascii_case("png")
+                    })
+                })
+                .collect();
+            entries.sort();
+            for path in &entries {
+                let img = load_image(path)?.pixels;
+                let p = probs(det.as_ref(), &img)?;
+                let none = Mask::new(img.width(), img.height());
+                fp = fp.merged(Counts::of(&p.threshold(a.sensitivity), &none));
+                fp_dil = fp_dil.merged(Counts::of(
+                    &p.mask(a.sensitivity, crate::detect::DEFAULT_DILATION),
+                    &none,
+                ));
+                n += 1;
+            }
+            println!(
+                "  clean photos ({n} untouched of {}): {:.4}% of pixels flagged ({:.4}% after the \
+                 default 2 px dilation)",
+                val_dir.display(),
+                100.0 * fp.false_positive_rate(),
+                100.0 * fp_dil.false_positive_rate()
+            );
+            entry.insert(
+                "clean_false_positive_fraction".into(),
+                serde_json::json!(fp.false_positive_rate()),
+            );
+            entry.insert(
+                "clean_false_positive_fraction_dilated_2px".into(),
+                serde_json::json!(fp_dil.false_positive_rate()),
+            );
+        }
+        if let Some(mp) = a.bench_mp {
+            let img = bench_image(&source, Some(&bank), mp);
+            let cpu0 = cpu_seconds();
+            let (_, secs) = run_detection(
+                det.as_ref(),
+                &img,
+                TileOptions::default().tile,
+                Some(a.bench_threads),
+                true,
+            )?;
+            let cpu = cpu0.and_then(|c0| cpu_seconds().map(|c1| c1 - c0));
+            println!(
+                "  timing: {}x{} ({:.1} MP) in {:.2} s wall on {} threads; {} CPU s",
+                img.width(),
+                img.height(),
+                (img.width() * img.height()) as f64 / 1e6,
+                secs,
+                a.bench_threads,
+                cpu.map_or("?".into(), |c| format!("{c:.2}")),
+            );
+            entry.insert(
+                "timing".into(),
+                serde_json::json!({"megapixels": (img.width() * img.height()) as f64 / 1e6, "wall_seconds": secs, "cpu_seconds": cpu, "threads": a.bench_threads}),
+            );
+        }
+        report.insert(name.clone(), serde_json::Value::Object(entry));
+    }
+    let settings = serde_json::json!({
+        "sensitivity": a.sensitivity,
+        "synthetic": format!("{} crops of {} px from {} (seeded 2024), damage by train::detect::synth_sample with artifacts chosen by seed 1234 (40 per category)", items.len(), a.crop, photos_dir.display()),
+        "real": "film-damage triplets (3 scans), masks resized to the scans (bilinear, > 127)",
+        "clean": format!("{} untouched", photos_dir.display()),
+    });
+    report.insert("settings".into(), settings);
+    let report = serde_json::Value::Object(report);
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    if a.update_manifest {
+        let path = registry
+            .weights_dir()
+            .join(format!("{}.json", crate::detect::learned::MODEL_ID));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut m: serde_json::Value = serde_json::from_str(&text)?;
+        if let Some(obj) = m.as_object_mut() {
+            obj.insert("metrics".into(), report.clone());
+        }
+        std::fs::write(&path, serde_json::to_string_pretty(&m)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("metrics written into {}", path.display());
+    }
+    Ok(())
+}

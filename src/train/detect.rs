@@ -1,0 +1,651 @@
+//! Training of the learned damage detector ([`crate::detect::learned`]): random crops of clean
+//! photos with realistic damage composited by [`super::damage_synth`] (real film-damage
+//! artifacts, hairs, scratches, specks), then varied in opacity, colour and blur, and the whole
+//! crop in tone (grey, sepia, gamma) and grain, so the network learns what damage looks like
+//! on old prints and that grain and texture are not damage.
+//!
+//! Loss: weighted binary cross-entropy on the logits plus a soft Dice term (the damage is a few
+//! percent of the pixels; Dice keeps the thin structures from being drowned by the background).
+//! Checkpoints (weights, optimiser moments, step, time) go to the runs folder every
+//! `sample_every` steps and at the end, so a run can be resumed exactly.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rayon::prelude::*;
+
+use super::cgan::{with_ext, CropSource};
+use super::damage_synth::{synthesize, ArtifactBank, DamageConfig};
+use super::{mix, AdamW, TrainError, TrainResult};
+use crate::detect::learned::{architecture, fold, fold_mask, DetectNetConfig, Learned, LoadedNet};
+use crate::detect::metrics::{Counts, Sweep};
+use crate::detect::{detect, ProbMap, TileOptions};
+use crate::imaging::{ImageF32, Mask};
+use crate::restore::NullReporter;
+
+fn det_err(e: crate::detect::DetectError) -> TrainError {
+    TrainError::Invalid(e.to_string())
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// The damage mix for detection: what the issue asks to find (dust, scratches, hairs, small
+/// stains, real artifacts), with few wide brush strokes (those are holes to fill, not damage a
+/// scan shows) and a lower coverage cap than for inpainting.
+pub fn detection_damage() -> DamageConfig {
+    DamageConfig {
+        brush: 0.05,
+        scratches: 0.35,
+        hairs: 0.45,
+        dust: 0.55,
+        artifacts: 0.7,
+        max_coverage: 0.2,
+    }
+}
+
+/// A standard normal sample (Box-Muller).
+fn normal(rng: &mut StdRng) -> f32 {
+    let u1: f32 = rng.random_range(1e-7..1.0);
+    let u2: f32 = rng.random_range(0.0..1.0);
+    (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+}
+
+/// Box blur of an interleaved RGB buffer with radius `r` (clamped edges).
+fn box_blur(data: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
+    let mut tmp = vec![0f32; data.len()];
+    let n = (2 * r + 1) as f32;
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                let mut s = 0.0;
+                for dx in 0..=2 * r {
+                    let xx = (x + dx).saturating_sub(r).min(w - 1);
+                    s += data[(y * w + xx) * 3 + c];
+                }
+                tmp[(y * w + x) * 3 + c] = s / n;
+            }
+        }
+    }
+    let mut out = vec![0f32; data.len()];
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                let mut s = 0.0;
+                for dy in 0..=2 * r {
+                    let yy = (y + dy).saturating_sub(r).min(h - 1);
+                    s += tmp[(yy * w + x) * 3 + c];
+                }
+                out[(y * w + x) * 3 + c] = s / n;
+            }
+        }
+    }
+    out
+}
+
+/// A damaged version of the clean RGB crop and its damage mask, deterministic for `seed`.
+///
+/// About one crop in eight stays undamaged (an empty mask). The damage of
+/// [`synthesize`] is then varied: fainter (opacity), tinted (colour), softened (blur); pixels
+/// whose visible change ends below 2% are dropped from the mask (nothing could find them). The
+/// whole crop may then be toned grey or sepia, get a gamma, and get film grain (fine or
+/// clumped), as old prints do; the mask is unchanged by those.
+pub fn synth_sample(clean: &ImageF32, bank: Option<&ArtifactBank>, seed: u64) -> (ImageF32, Mask) {
+    let (w, h) = (clean.width(), clean.height());
+    let mut rng = StdRng::seed_from_u64(mix(seed, 0x00de_7ec7));
+    if clean.channels() != 3 || w == 0 || h == 0 {
+        return (clean.clone(), Mask::new(w, h));
+    }
+    let (mut img, mut mask) = if rng.random_bool(0.12) {
+        (clean.clone(), Mask::new(w, h))
+    } else {
+        let (damaged, mask) = synthesize(clean, bank, &detection_damage(), seed);
+        // Vary the damage itself through its difference to the clean crop.
+        let mut diff: Vec<f32> = damaged
+            .data()
+            .iter()
+            .zip(clean.data())
+            .map(|(d, c)| d - c)
+            .collect();
+        let opacity = if rng.random_bool(0.4) {
+            rng.random_range(0.55..1.0)
+        } else {
+            1.0
+        };
+        let tint = if rng.random_bool(0.3) {
+            [
+                rng.random_range(0.7..1.3),
+                rng.random_range(0.7..1.3),
+                rng.random_range(0.7..1.3),
+            ]
+        } else {
+            [1.0; 3]
+        };
+        for px in diff.chunks_exact_mut(3) {
+            for (c, v) in px.iter_mut().enumerate() {
+                *v *= opacity * tint[c];
+            }
+        }
+        let blur = rng.random_range(0.0..1.0);
+        if blur < 0.3 {
+            diff = box_blur(&diff, w, h, 1);
+        } else if blur < 0.38 {
+            diff = box_blur(&diff, w, h, 2);
+        }
+        let mut img = clean.clone();
+        for (v, d) in img.data_mut().iter_mut().zip(&diff) {
+            *v = (*v + d).clamp(0.0, 1.0);
+        }
+        let visible = Mask::from_fn(w, h, |x, y| {
+            let i = (y * w + x) * 3;
+            mask.get(x, y) && (0..3).any(|c| (img.data()[i + c] - clean.data()[i + c]).abs() > 0.02)
+        });
+        (img, visible)
+    };
+    // Tone of an old print.
+    let tone = rng.random_range(0.0..1.0);
+    if tone < 0.35 {
+        let sepia = tone < 0.1;
+        for px in img.data_mut().chunks_exact_mut(3) {
+            let l = 0.299 * px[0] + 0.587 * px[1] + 0.114 * px[2];
+            if sepia {
+                px[0] = (l * 1.07 + 0.03).min(1.0);
+                px[1] = l * 0.95 + 0.01;
+                px[2] = l * 0.78;
+            } else {
+                px.fill(l);
+            }
+        }
+    }
+    if rng.random_bool(0.3) {
+        let g: f32 = rng.random_range(0.7..1.4);
+        let contrast: f32 = rng.random_range(0.75..1.15);
+        for v in img.data_mut() {
+            *v = ((v.max(0.0).powf(g) - 0.5) * contrast + 0.5).clamp(0.0, 1.0);
+        }
+    }
+    if rng.random_bool(0.6) {
+        let sigma = rng.random_range(0.005..0.045f32);
+        let mono = rng.random_bool(0.6);
+        let clumped = rng.random_bool(0.35);
+        let mut noise: Vec<f32> = (0..w * h * 3).map(|_| normal(&mut rng)).collect();
+        if mono {
+            for px in noise.chunks_exact_mut(3) {
+                px[1] = px[0];
+                px[2] = px[0];
+            }
+        }
+        if clumped {
+            // Blurring white noise by a 3x3 box divides its deviation by 3.
+            noise = box_blur(&noise, w, h, 1);
+            noise.iter_mut().for_each(|v| *v *= 3.0);
+        }
+        for (v, n) in img.data_mut().iter_mut().zip(&noise) {
+            *v = (*v + sigma * n).clamp(0.0, 1.0);
+        }
+    }
+    // Undamaged crops have nothing to find whatever the tone.
+    if mask.is_empty() {
+        mask = Mask::new(w, h);
+    }
+    (img, mask)
+}
+
+/// A batch of inputs `[n, 3, s, s]` in `[-1, 1]` and targets `[n, 1, s, s]`.
+pub struct DetectBatch {
+    /// Network inputs (folded).
+    pub input: Tensor,
+    /// 1 = damage.
+    pub target: Tensor,
+}
+
+impl DetectBatch {
+    /// Stacks `(image, mask)` pairs (all `s x s` with `s` a multiple of 8), folded 2x2 as the
+    /// network reads them ([`fold`], [`fold_mask`]): the loss is per pixel, so comparing folded
+    /// logits with the folded mask is the same as comparing unfolded ones.
+    pub fn from_items(items: &[(ImageF32, Mask)], dev: &Device) -> TrainResult<Self> {
+        let Some((first, _)) = items.first() else {
+            return Err(TrainError::Invalid("empty batch".into()));
+        };
+        let (w, h) = (first.width(), first.height());
+        if w % 8 != 0 || h % 8 != 0 {
+            return Err(TrainError::Invalid("crops must be multiples of 8".into()));
+        }
+        let mut input = Vec::new();
+        let mut target = Vec::new();
+        for (img, m) in items {
+            if img.width() != w || img.height() != h || m.width() != w || m.height() != h {
+                return Err(TrainError::Invalid("batch items differ in size".into()));
+            }
+            input.extend(fold(img).0);
+            target.extend(fold_mask(m));
+        }
+        let n = items.len();
+        Ok(Self {
+            input: Tensor::from_vec(input, (n, 12, h / 2, w / 2), dev)?,
+            target: Tensor::from_vec(target, (n, 4, h / 2, w / 2), dev)?,
+        })
+    }
+}
+
+/// `n` damaged crops of `source`, a function of `(seed, index)` only (so a resumed run sees the
+/// same data).
+pub fn synth_items(
+    source: &CropSource,
+    bank: Option<&ArtifactBank>,
+    n: usize,
+    crop: usize,
+    seed: u64,
+    index: u64,
+) -> TrainResult<Vec<(ImageF32, Mask)>> {
+    (0..n)
+        .into_par_iter()
+        .map(|j| {
+            let s = mix(seed, index.wrapping_mul(1024).wrapping_add(j as u64));
+            let mut rng = StdRng::seed_from_u64(s);
+            let clean = source.crop(&mut rng, crop)?;
+            Ok(synth_sample(&clean, bank, s ^ 0xd37))
+        })
+        .collect()
+}
+
+/// Weighted BCE on logits plus soft Dice; returns `(total, bce, dice)`.
+pub fn detect_loss(
+    logits: &Tensor,
+    target: &Tensor,
+    pos_weight: f64,
+    dice_weight: f64,
+) -> TrainResult<(Tensor, f32, f32)> {
+    // Stable BCE with logits: max(z, 0) - z y + log(1 + exp(-|z|)).
+    let bce =
+        ((logits.relu()? - (logits * target)?)? + ((logits.abs()?.neg()?.exp()? + 1.0)?.log()?))?;
+    let weight = ((target * (pos_weight - 1.0))? + 1.0)?;
+    let bce = (bce * weight)?.mean_all()?;
+    let p = (logits.neg()?.exp()? + 1.0)?.recip()?;
+    let inter = (&p * target)?.sum_all()?;
+    let denom = ((p.sum_all()? + target.sum_all()?)? + 1.0)?;
+    let dice = (1.0 - ((inter * 2.0)? + 1.0)?.div(&denom)?)?;
+    let total = (&bce + (&dice * dice_weight)?)?;
+    let b = bce.to_scalar::<f32>()?;
+    let d = dice.to_scalar::<f32>()?;
+    Ok((total, b, d))
+}
+
+/// Settings of a training run.
+#[derive(Clone, Debug)]
+pub struct DetectTrainConfig {
+    /// Network sizes.
+    pub net: DetectNetConfig,
+    /// Total steps (a resumed run continues up to this count).
+    pub steps: u64,
+    /// Crops per step.
+    pub batch: usize,
+    /// Crop side (a multiple of 8).
+    pub crop: usize,
+    /// Peak learning rate (linear warm-up, then cosine to a tenth).
+    pub lr: f64,
+    /// Warm-up steps.
+    pub warmup: u64,
+    /// Weight of damage pixels in the BCE.
+    pub pos_weight: f64,
+    /// Weight of the Dice term.
+    pub dice_weight: f64,
+    /// Seed of everything random.
+    pub seed: u64,
+    /// Validation and checkpoint every this many steps.
+    pub sample_every: u64,
+    /// Folder of the checkpoint and logs.
+    pub runs_dir: PathBuf,
+    /// Output stem (`<out>.safetensors`, `<out>.json`).
+    pub out: PathBuf,
+    /// Continue from the checkpoint in `runs_dir`.
+    pub resume: bool,
+    /// Stop (checkpoint + weights + manifest) after this many seconds of this session.
+    pub max_seconds: Option<f64>,
+    /// Description of the data for the manifest.
+    pub data_desc: String,
+    /// Licence notes for the manifest.
+    pub data_license: String,
+    /// The command line, for the manifest.
+    pub command: String,
+}
+
+/// Resume state stored beside the checkpoint tensors.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct DetectCheckpoint {
+    /// Steps done.
+    pub step: u64,
+    /// Training seconds over all sessions.
+    pub train_seconds: f64,
+    /// Network sizes.
+    pub net: DetectNetConfig,
+    /// Batch size.
+    pub batch: usize,
+    /// Crop side.
+    pub crop: usize,
+    /// Seed.
+    pub seed: u64,
+    /// Commands of every session.
+    #[serde(default)]
+    pub commands: Vec<String>,
+}
+
+/// What a step reports to the caller.
+#[derive(Clone, Copy, Debug)]
+pub struct DetectStep {
+    /// Steps done (1-based).
+    pub step: u64,
+    /// Target steps.
+    pub total: u64,
+    /// Loss of this step.
+    pub loss: f32,
+    /// Its BCE part.
+    pub bce: f32,
+    /// Its Dice part.
+    pub dice: f32,
+    /// Steps per second this session.
+    pub steps_per_sec: f64,
+    /// Latest validation scores at probability 0.5 (no offset), if any.
+    pub val: Option<Counts>,
+}
+
+/// Result of [`train_detect`].
+pub struct DetectOutcome {
+    /// Steps in all sessions.
+    pub steps: u64,
+    /// Whether the target step count was reached.
+    pub finished: bool,
+    /// Training seconds in all sessions.
+    pub train_seconds: f64,
+    /// Steps per second in this session.
+    pub steps_per_sec: f64,
+    /// Trainable values.
+    pub params: usize,
+    /// The logit offset chosen on training data.
+    pub logit_offset: f32,
+    /// Validation scores at the chosen offset.
+    pub val: Counts,
+}
+
+fn ckpt_paths(runs: &Path) -> (PathBuf, PathBuf) {
+    (
+        runs.join("checkpoint.safetensors"),
+        runs.join("checkpoint.json"),
+    )
+}
+
+fn save_checkpoint(
+    net: &LoadedNet,
+    opt: &AdamW,
+    state: &DetectCheckpoint,
+    runs: &Path,
+) -> TrainResult<()> {
+    std::fs::create_dir_all(runs).map_err(io_err(runs))?;
+    let (tensors_path, json_path) = ckpt_paths(runs);
+    let mut tensors: HashMap<String, Tensor> = opt.state();
+    for (name, var) in net.vars().map_err(det_err)? {
+        tensors.insert(format!("param.{name}"), var.as_tensor().clone());
+    }
+    let tmp = runs.join("checkpoint.safetensors.tmp");
+    candle_core::safetensors::save(&tensors, &tmp)?;
+    std::fs::rename(&tmp, &tensors_path).map_err(io_err(&tensors_path))?;
+    let text = serde_json::to_string_pretty(state).map_err(|source| TrainError::Checkpoint {
+        path: json_path.clone(),
+        source,
+    })?;
+    std::fs::write(&json_path, text).map_err(io_err(&json_path))?;
+    Ok(())
+}
+
+/// Per-crop 8-bit probabilities of `det` on `items` (each crop as one tile).
+fn crop_probs(det: &Learned, items: &[(ImageF32, Mask)]) -> TrainResult<Vec<ProbMap>> {
+    items
+        .iter()
+        .map(|(img, _)| {
+            detect(det, img, TileOptions { tile: 4096 }, &NullReporter).map_err(det_err)
+        })
+        .collect()
+}
+
+/// Chooses the logit offset on training data: the best F1 on damaged crops among the offsets
+/// that flag at most `max_fp` of the pixels of clean crops (or the fewest false positives if
+/// none does). Returns `(offset, counts on the damaged crops)`.
+pub fn calibrate(
+    net: LoadedNet,
+    damaged: &[(ImageF32, Mask)],
+    clean: &[(ImageF32, Mask)],
+    max_fp: f64,
+) -> TrainResult<(f32, Counts, LoadedNet)> {
+    let mut best: Option<(f32, Counts, f64)> = None;
+    let mut det = Learned::from_net(net, 0.0);
+    // Logits are computed once; the offset only moves the threshold: p >= 0.5 <=> z >= offset.
+    let logits_d: Vec<Vec<f32>> = damaged
+        .iter()
+        .map(|(i, _)| det.logits(i).map_err(det_err))
+        .collect::<TrainResult<_>>()?;
+    let logits_c: Vec<Vec<f32>> = clean
+        .iter()
+        .map(|(i, _)| det.logits(i).map_err(det_err))
+        .collect::<TrainResult<_>>()?;
+    for k in 0..=64 {
+        let off = -4.0 + 0.25 * k as f32;
+        let mut c = Counts::default();
+        for (z, (_, m)) in logits_d.iter().zip(damaged) {
+            for (&v, &t) in z.iter().zip(m.data()) {
+                c.add(v >= off, t);
+            }
+        }
+        let mut fp = Counts::default();
+        for z in &logits_c {
+            for &v in z {
+                fp.add(v >= off, false);
+            }
+        }
+        let fpr = fp.false_positive_rate();
+        let better = match &best {
+            None => true,
+            Some((_, bc, bfp)) => {
+                let ok = fpr <= max_fp;
+                let bok = *bfp <= max_fp;
+                (ok && !bok) || (ok == bok && if ok { c.f1() > bc.f1() } else { fpr < *bfp })
+            }
+        };
+        if better {
+            best = Some((off, c, fpr));
+        }
+    }
+    let (off, c, _) = best.unwrap_or((0.0, Counts::default(), 0.0));
+    det = Learned::from_net(det.into_net(), off);
+    Ok((off, c, det.into_net()))
+}
+
+/// Trains (or resumes) the detector; `on_step` sees every step and returns false to stop.
+/// Writes a checkpoint every `sample_every` steps and, at the end (target, time limit or stop),
+/// the checkpoint, `<out>.safetensors` (f16) and `<out>.json`.
+pub fn train_detect(
+    cfg: &DetectTrainConfig,
+    source: &CropSource,
+    val_source: &CropSource,
+    bank: Option<&ArtifactBank>,
+    dev: &Device,
+    on_step: &mut dyn FnMut(&DetectStep) -> bool,
+) -> TrainResult<DetectOutcome> {
+    if cfg.crop % 8 != 0 || cfg.crop < 16 || cfg.batch == 0 {
+        return Err(TrainError::Invalid(
+            "crop must be a multiple of 8 (at least 16) and batch positive".into(),
+        ));
+    }
+    let net = LoadedNet::fresh(cfg.net, cfg.seed, dev).map_err(det_err)?;
+    let mut opt = AdamW::new(net.vars().map_err(det_err)?, cfg.lr, 1e-4)?;
+    let mut state = DetectCheckpoint {
+        step: 0,
+        train_seconds: 0.0,
+        net: cfg.net,
+        batch: cfg.batch,
+        crop: cfg.crop,
+        seed: cfg.seed,
+        commands: Vec::new(),
+    };
+    let (tensors_path, json_path) = ckpt_paths(&cfg.runs_dir);
+    if cfg.resume && json_path.is_file() && tensors_path.is_file() {
+        let text = std::fs::read_to_string(&json_path).map_err(io_err(&json_path))?;
+        let saved: DetectCheckpoint =
+            serde_json::from_str(&text).map_err(|source| TrainError::Checkpoint {
+                path: json_path.clone(),
+                source,
+            })?;
+        if saved.net != cfg.net
+            || saved.batch != cfg.batch
+            || saved.crop != cfg.crop
+            || saved.seed != cfg.seed
+        {
+            return Err(TrainError::Invalid(format!(
+                "checkpoint in {} has other settings ({:?}, batch {}, crop {}, seed {})",
+                cfg.runs_dir.display(),
+                saved.net,
+                saved.batch,
+                saved.crop,
+                saved.seed
+            )));
+        }
+        let tensors = candle_core::safetensors::load(&tensors_path, dev)?;
+        net.set_from(&tensors, "param.", &tensors_path)
+            .map_err(det_err)?;
+        opt.load_state(&tensors, saved.step)?;
+        state = saved;
+    }
+    state.commands.push(cfg.command.clone());
+    let val_items = synth_items(val_source, bank, 32, 128, cfg.seed ^ 0x5a1, 0)?;
+    let val_batch = DetectBatch::from_items(&val_items, dev)?;
+    let session = Instant::now();
+    let start_step = state.step;
+    let base_seconds = state.train_seconds;
+    let mut last_val: Option<Counts> = None;
+    let mut stopped = false;
+    while state.step < cfg.steps {
+        let step = state.step;
+        let lr = if step < cfg.warmup {
+            cfg.lr * (step + 1) as f64 / cfg.warmup as f64
+        } else {
+            let t = (step - cfg.warmup) as f64 / (cfg.steps - cfg.warmup).max(1) as f64;
+            cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
+        };
+        opt.lr = lr;
+        let items = synth_items(source, bank, cfg.batch, cfg.crop, cfg.seed, step)?;
+        let batch = DetectBatch::from_items(&items, dev)?;
+        let logits = net.net.forward(&batch.input)?;
+        let (loss, bce, dice) =
+            detect_loss(&logits, &batch.target, cfg.pos_weight, cfg.dice_weight)?;
+        opt.backward_step(&loss)?;
+        state.step += 1;
+        let elapsed = session.elapsed().as_secs_f64();
+        state.train_seconds = base_seconds + elapsed;
+        let steps_per_sec = (state.step - start_step) as f64 / elapsed.max(1e-9);
+        let due = state.step % cfg.sample_every.max(1) == 0;
+        if due {
+            let z = net.net.forward(&val_batch.input)?;
+            let zv: Vec<f32> = z.flatten_all()?.to_vec1()?;
+            let tv: Vec<f32> = val_batch.target.flatten_all()?.to_vec1()?;
+            let mut c = Counts::default();
+            for (a, b) in zv.iter().zip(&tv) {
+                c.add(*a >= 0.0, *b > 0.5);
+            }
+            last_val = Some(c);
+            save_checkpoint(&net, &opt, &state, &cfg.runs_dir)?;
+        }
+        let report = DetectStep {
+            step: state.step,
+            total: cfg.steps,
+            loss: bce + dice * cfg.dice_weight as f32,
+            bce,
+            dice,
+            steps_per_sec,
+            val: if due { last_val } else { None },
+        };
+        if !on_step(&report) {
+            stopped = true;
+            break;
+        }
+        if cfg.max_seconds.is_some_and(|m| elapsed >= m) {
+            stopped = true;
+            break;
+        }
+    }
+    save_checkpoint(&net, &opt, &state, &cfg.runs_dir)?;
+    let steps_per_sec =
+        (state.step - start_step) as f64 / session.elapsed().as_secs_f64().max(1e-9);
+    // Calibrate the threshold on training photos (never on the validation ones): damaged crops
+    // for F1, untouched crops for the false-positive budget (the issue's target is 0.1%).
+    let cal_damaged = synth_items(source, bank, 48, 128, cfg.seed ^ 0xca1, 0)?;
+    let mut cal_clean = Vec::new();
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0xc1ea);
+    for _ in 0..24 {
+        let c = source.crop(&mut rng, 192)?;
+        cal_clean.push((c, Mask::new(192, 192)));
+    }
+    let params = net.param_count();
+    let (offset, _, net) = calibrate(net, &cal_damaged, &cal_clean, 0.0005)?;
+    let det = Learned::from_net(net, offset);
+    let mut sweep = Sweep::default();
+    for (p, (_, m)) in crop_probs(&det, &val_items)?.iter().zip(&val_items) {
+        sweep.add(p.data(), m);
+    }
+    let val = sweep.at(128);
+    let out_weights = with_ext(&cfg.out, "safetensors");
+    if let Some(parent) = out_weights.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let net = det.into_net();
+    net.save_f16(&out_weights).map_err(det_err)?;
+    let manifest = serde_json::json!({
+        "id": crate::detect::learned::MODEL_ID,
+        "family": "detector",
+        "architecture": architecture(&cfg.net),
+        "config": cfg.net,
+        "params": params,
+        "input": "any size RGB or grey; tiled 1024 px + 64 px halo, 8-aligned (exact)",
+        "output": "per-pixel damage probability sigmoid(logit - logit_offset)",
+        "logit_offset": offset,
+        "logit_offset_how": "best F1 on 48 damaged 128 px training crops among offsets that flag at most 0.05% of 24 untouched 192 px training crops",
+        "data": cfg.data_desc,
+        "data_license": cfg.data_license,
+        "objective": format!("{}*BCE(logits, mask) with damage pixels weighted {} + {}*soft Dice over the batch; AdamW lr {} (warm-up {} steps, cosine to lr/10), wd 1e-4, batch {}, crops {}, seed {}", 1, cfg.pos_weight, cfg.dice_weight, cfg.lr, cfg.warmup, cfg.batch, cfg.crop, cfg.seed),
+        "commands": state.commands,
+        "steps": state.step,
+        "target_steps": cfg.steps,
+        "train_seconds": state.train_seconds,
+        "hardware": format!("CPU, {} threads (shared machine)", rayon::current_num_threads()),
+        "train_val": {
+            "what": "32 fixed damaged 128 px crops of the validation photos, sensitivity 0.5, no dilation",
+            "precision": val.precision(),
+            "recall": val.recall(),
+            "f1": val.f1(),
+            "iou": val.iou(),
+        },
+        "weights_format": "f16 safetensors (f32 checkpoint in the runs folder)",
+    });
+    let json_path = with_ext(&cfg.out, "json");
+    let text =
+        serde_json::to_string_pretty(&manifest).map_err(|source| TrainError::Checkpoint {
+            path: json_path.clone(),
+            source,
+        })?;
+    std::fs::write(&json_path, text).map_err(io_err(&json_path))?;
+    Ok(DetectOutcome {
+        steps: state.step,
+        finished: !stopped && state.step >= cfg.steps,
+        train_seconds: state.train_seconds,
+        steps_per_sec,
+        params,
+        logit_offset: offset,
+        val,
+    })
+}

@@ -1,0 +1,263 @@
+//! Damage detection: known painted damage is found, clean images stay clean, tiling is exact,
+//! and the `detect` / `restore` commands work end to end. Every image is generated here.
+
+use std::process::Command;
+
+use kintsugi::detect::classical::Classical;
+use kintsugi::detect::learned::{Learned, MODEL_ID};
+use kintsugi::detect::metrics::Counts;
+use kintsugi::detect::{detect, Detector, ProbMap, TileOptions};
+use kintsugi::imaging::{ImageF32, Mask};
+use kintsugi::restore::NullReporter;
+
+/// A smooth, lightly textured photo-like background.
+fn background(w: usize, h: usize) -> ImageF32 {
+    ImageF32::from_fn(w, h, 3, |x, y, c| {
+        let (xf, yf) = (x as f32 / w as f32, y as f32 / h as f32);
+        let base = 0.35 + 0.25 * xf + 0.15 * (yf * 3.0).sin();
+        let texture = 0.01 * (((x * 7 + y * 13) % 5) as f32 - 2.0);
+        (base + texture + 0.03 * c as f32).clamp(0.0, 1.0)
+    })
+}
+
+/// The background with bright and dark specks and one long thin scratch; returns the truth.
+fn damaged(w: usize, h: usize) -> (ImageF32, Mask) {
+    let mut img = background(w, h);
+    let mut truth = Mask::new(w, h);
+    let specks: [(usize, usize, f32, f32); 6] = [
+        (30, 40, 2.0, 0.97),
+        (90, 25, 1.5, 0.95),
+        (150, 120, 2.5, 0.03),
+        (200, 60, 1.5, 0.05),
+        (60, 150, 2.0, 0.98),
+        (240, 160, 1.0, 0.02),
+    ];
+    for (cx, cy, r, v) in specks {
+        for y in cy.saturating_sub(4)..(cy + 5).min(h) {
+            for x in cx.saturating_sub(4)..(cx + 5).min(w) {
+                let d = ((x as f32 - cx as f32).powi(2) + (y as f32 - cy as f32).powi(2)).sqrt();
+                if d <= r {
+                    img.pixel_mut(x, y)[..3].fill(v);
+                    truth.set(x, y, true);
+                }
+            }
+        }
+    }
+    // A bright scratch, 1-2 px wide, nearly vertical, over most of the height.
+    for y in 10..h - 10 {
+        let x = 120 + y / 12;
+        let wide = (y / 20) % 2 == 0;
+        for xx in x..x + if wide { 2 } else { 1 } {
+            img.pixel_mut(xx, y)[..3].fill(0.92);
+            truth.set(xx, y, true);
+        }
+    }
+    (img, truth)
+}
+
+fn probs(det: &dyn Detector, img: &ImageF32, tile: usize) -> ProbMap {
+    detect(det, img, TileOptions { tile }, &NullReporter).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The shipped learned detector, when its weights are present in this checkout.
+fn learned() -> Option<Learned> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
+    Learned::load(&dir, MODEL_ID).ok()
+}
+
+#[test]
+fn classical_finds_painted_specks_and_a_scratch() {
+    let (img, truth) = damaged(280, 200);
+    let p = probs(&Classical::default(), &img, 512);
+    let c = Counts::of(&p.threshold(0.5), &truth);
+    assert!(c.recall() > 0.8, "recall {:.3} ({c:?})", c.recall());
+    assert!(
+        c.precision() > 0.5,
+        "precision {:.3} ({c:?})",
+        c.precision()
+    );
+    // With the default dilation, the proposal covers every damaged pixel.
+    let covered = p.mask(0.5, 2);
+    let missed = truth
+        .data()
+        .iter()
+        .zip(covered.data())
+        .filter(|(&t, &m)| t && !m)
+        .count();
+    assert!(
+        missed * 50 < truth.count(),
+        "{missed} of {} missed",
+        truth.count()
+    );
+}
+
+#[test]
+fn learned_finds_painted_specks_and_a_scratch() {
+    let Some(det) = learned() else {
+        eprintln!("weights/{MODEL_ID}.* not present: skipped");
+        return;
+    };
+    let (img, truth) = damaged(280, 200);
+    let p = probs(&det, &img, 512);
+    // The shipped default (sensitivity 0.5) is calibrated for the clean-photo false-positive
+    // budget and finds only about 40% of these pixels (measured); at 0.8 the net finds most of
+    // the damage while staying precise.
+    let c = Counts::of(&p.threshold(0.8), &truth);
+    assert!(c.recall() > 0.8, "recall {:.3} ({c:?})", c.recall());
+    assert!(
+        c.precision() > 0.7,
+        "precision {:.3} ({c:?})",
+        c.precision()
+    );
+}
+
+#[test]
+fn a_clean_flat_image_gives_an_empty_mask() {
+    let flat = ImageF32::from_fn(200, 150, 3, |_, _, c| 0.5 + 0.05 * c as f32);
+    let m = probs(&Classical::default(), &flat, 512).mask(0.5, 2);
+    assert!(m.is_empty(), "classical flagged {} px", m.count());
+    let smooth = background(200, 150);
+    let m = probs(&Classical::default(), &smooth, 512).mask(0.5, 2);
+    assert!(
+        m.is_empty(),
+        "classical flagged {} px of a smooth image",
+        m.count()
+    );
+    if let Some(det) = learned() {
+        let m = probs(&det, &flat, 512).mask(0.5, 2);
+        assert!(m.is_empty(), "learned flagged {} px", m.count());
+    }
+}
+
+#[test]
+fn tiling_gives_the_same_mask_as_one_pass() {
+    let (img, _) = damaged(280, 200);
+    let det = Classical::default();
+    let whole = probs(&det, &img, 4096);
+    let tiled = probs(&det, &img, 48);
+    assert_eq!(whole, tiled, "classical probabilities differ when tiled");
+    if let Some(det) = learned() {
+        let whole = probs(&det, &img, 4096);
+        let tiled = probs(&det, &img, 64);
+        // Winograd blocks fall differently in a tile, so values may differ in the last bits.
+        let worst = whole
+            .data()
+            .iter()
+            .zip(tiled.data())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap_or(0);
+        assert!(worst <= 1, "learned probabilities differ by {worst}/255");
+        let diff = Counts::of(&whole.mask(0.5, 2), &tiled.mask(0.5, 2));
+        assert!(diff.fp + diff.fn_ <= 2, "tiled masks differ: {diff:?}");
+    }
+}
+
+#[test]
+fn sensitivity_and_dilation_grow_the_proposal() {
+    let (img, _) = damaged(280, 200);
+    let p = probs(&Classical::default(), &img, 512);
+    let low = p.mask(0.2, 0).count();
+    let mid = p.mask(0.5, 0).count();
+    let high = p.mask(0.9, 0).count();
+    assert!(low <= mid && mid <= high, "{low} {mid} {high}");
+    assert!(p.mask(0.5, 2).count() > mid);
+}
+
+#[test]
+fn detect_and_restore_commands_write_their_outputs() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let (img, _) = damaged(280, 200);
+    let input = dir.path().join("scan.png");
+    kintsugi::imaging::save_image(&img, kintsugi::imaging::BitDepth::U8, &input, None)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let bin = env!("CARGO_BIN_EXE_kintsugi");
+    let mask = dir.path().join("mask.png");
+    let out = Command::new(bin)
+        .args(["detect", "--detector", "classical", "-q"])
+        .arg(&input)
+        .arg("-o")
+        .arg(&mask)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = kintsugi::imaging::load_mask(&mask, 280, 200).unwrap_or_else(|e| panic!("{e}"));
+    assert!(m.count() > 100, "mask has {} px", m.count());
+    let restored = dir.path().join("restored.png");
+    let out = Command::new(bin)
+        .args([
+            "restore",
+            "--detector",
+            "classical",
+            "--model",
+            "telea",
+            "-q",
+        ])
+        .arg(&input)
+        .arg("-o")
+        .arg(&restored)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = kintsugi::imaging::load_image(&restored).unwrap_or_else(|e| panic!("{e}"));
+    // The scratch is gone: its pixels are back near the background.
+    let bg = background(280, 200);
+    let (x, y) = (120 + 100 / 12, 100);
+    let got = r.pixels.pixel(x, y)[0];
+    let want = bg.pixel(x, y)[0];
+    assert!(
+        (got - want).abs() < 0.1,
+        "scratch pixel {got}, background {want}"
+    );
+}
+
+#[cfg(feature = "studio")]
+#[test]
+fn studio_proposal_is_separate_until_accepted_and_undoable() {
+    use kintsugi::engine::EngineConfig;
+    use kintsugi::imaging::BitDepth;
+    use kintsugi::studio::StudioApp;
+
+    let (img, truth) = damaged(280, 200);
+    let mut app = StudioApp::new(
+        Some((img, BitDepth::U8, None)),
+        EngineConfig::with_threads(1),
+    );
+    let ctx = egui::Context::default();
+    app.start_detect(&ctx);
+    assert!(app.wait_for_detect(), "detection did not finish");
+    let proposed = app.detect_proposal().map(Mask::count).unwrap_or(0);
+    assert!(proposed > 0, "nothing proposed");
+    // The proposal is not the mask yet.
+    assert_eq!(app.document().map(|d| d.mask().count()), Some(0));
+    // The sensitivity slider re-thresholds the kept probabilities.
+    app.set_detect_sensitivity(1.0);
+    let wide = app.detect_proposal().map(Mask::count).unwrap_or(0);
+    app.set_detect_sensitivity(0.0);
+    let narrow = app.detect_proposal().map(Mask::count).unwrap_or(0);
+    assert!(
+        narrow <= proposed && proposed <= wide,
+        "{narrow} {proposed} {wide}"
+    );
+    app.set_detect_sensitivity(0.8);
+    let chosen = app
+        .detect_proposal()
+        .cloned()
+        .unwrap_or_else(|| Mask::new(1, 1));
+    assert!(app.accept_proposal());
+    assert!(app.detect_proposal().is_none());
+    let mask = app.document().map(|d| (**d.mask()).clone());
+    assert_eq!(mask.as_ref(), Some(&chosen));
+    let c = Counts::of(&chosen, &truth);
+    assert!(c.recall() > 0.8, "accepted mask recall {:.3}", c.recall());
+    app.undo();
+    assert_eq!(app.document().map(|d| d.mask().count()), Some(0));
+}
