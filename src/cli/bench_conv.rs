@@ -9,14 +9,25 @@
 //!
 //! Each figure is the median of `--reps` runs after one warm-up run; our runs and candle's
 //! alternate so that load from other processes affects both alike.
+//!
+//! Then the real cGAN inpainting generator ([`crate::models::cgan::Generator`], base 16, the
+//! shipped weights when present, else seeded ones) runs forward on a `--cgan-size` square crop
+//! (default 1x3x512x512 plus mask and noise), in two forms: frozen weights (plain tensors, so
+//! the gated layers fuse their activation) and as [`LoadedGenerator::load`] ships it (weights
+//! as variables, so every gated layer runs its conv and its gate as separate ops).
+//! `benches/conv_torch.py` times the same architecture in PyTorch; `--cgan-dump DIR` writes
+//! the weights used, the inputs and our output there so that script can check that its twin
+//! computes the same function.
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
 
+use crate::models::cgan::{self, GeneratorConfig, LoadedGenerator};
 use crate::models::conv::{Activation, ConvConfig};
 use crate::models::layers::{Conv2dFast, ConvBackend, GatedConv2d, UpConv};
 
@@ -38,6 +49,23 @@ pub struct Args {
     /// Skip the training-step benchmark (the slowest part with candle's conv).
     #[arg(long)]
     pub skip_train: bool,
+    /// Weights of the cGAN generator timed at the end (seeded random weights when the file is
+    /// missing; timing does not depend on the values).
+    #[arg(long, default_value = "weights/cgan-inpaint.safetensors")]
+    pub cgan_weights: PathBuf,
+    /// Side of the square crop the cGAN generator runs on.
+    #[arg(long, default_value_t = 512)]
+    pub cgan_size: usize,
+    /// Time only the cGAN generator (skip the conv-stack table).
+    #[arg(long)]
+    pub cgan_only: bool,
+    /// Skip the cGAN generator.
+    #[arg(long, conflicts_with = "cgan_only")]
+    pub skip_cgan: bool,
+    /// Write the cGAN weights used, the inputs and our output (`.npy`, f32) to this folder, for
+    /// `benches/conv_torch.py --check DIR`.
+    #[arg(long)]
+    pub cgan_dump: Option<PathBuf>,
 }
 
 /// Runs the benchmark and prints the table.
@@ -64,6 +92,18 @@ fn run_in_pool(args: &Args) -> anyhow::Result<()> {
         args.threads,
         std::env::var("RAYON_NUM_THREADS").unwrap_or_default()
     );
+    if !args.cgan_only {
+        conv_table(args, &dev, reps)?;
+    }
+    if !args.skip_cgan {
+        bench_cgan(args, &dev, reps)?;
+    }
+    Ok(())
+}
+
+/// The conv-stack and training-step table, ours against candle's conv.
+fn conv_table(args: &Args, dev: &Device, reps: usize) -> anyhow::Result<()> {
+    let dev = dev.clone();
     println!(
         "{:<34} {:>10} {:>12} {:>8}",
         "workload", "ours ms", "candle ms", "ratio"
@@ -101,6 +141,135 @@ fn print_row(name: &str, ours: f64, candle: f64) {
         "{name:<34} {ours:>10.1} {candle:>12.1} {:>7.2}x",
         candle / ours
     );
+}
+
+/// Times the real cGAN generator's forward pass, frozen and as loaded (see the module docs).
+fn bench_cgan(args: &Args, dev: &Device, reps: usize) -> anyhow::Result<()> {
+    let cfg = GeneratorConfig::default();
+    let (loaded, source) = if args.cgan_weights.is_file() {
+        let g = LoadedGenerator::load(cfg, &args.cgan_weights, dev)?;
+        (g, args.cgan_weights.display().to_string())
+    } else {
+        let g = LoadedGenerator::fresh(cfg, 7, dev)?;
+        (g, "seeded random weights (no weights file)".to_string())
+    };
+    // Plain-tensor copies of the same weights: nothing is tracked, so gated layers fuse.
+    let fused = cgan::Generator::new(frozen(&loaded.varmap, dev)?, cfg)?;
+    let side = args.cgan_size.max(1);
+    let (image, mask, z) = cgan_inputs(side, dev)?;
+    let run_fused = || {
+        fused
+            .forward(&image, &mask, &z)
+            .map_err(candle_core::Error::wrap)
+    };
+    let run_loaded = || {
+        loaded
+            .gen
+            .forward(&image, &mask, &z)
+            .map_err(candle_core::Error::wrap)
+    };
+    let out = run_fused()?.raw;
+    check_close(
+        &out,
+        &run_loaded()?.raw,
+        "cgan generator fused vs as loaded",
+    )?;
+    let sum = out.sum_all()?.to_scalar::<f32>()?;
+    println!(
+        "cGAN generator: base {}, {} parameters, {source}",
+        cfg.base,
+        loaded.param_count()
+    );
+    println!("  input 1x3x{side}x{side} + mask + z, raw output checksum (sum) {sum:.4}");
+    if let Some(dir) = &args.cgan_dump {
+        dump_cgan(
+            dir,
+            &loaded,
+            &[("image", &image), ("mask", &mask), ("z", &z)],
+            &out,
+        )?;
+        println!(
+            "  wrote weights, inputs and our output to {}",
+            dir.display()
+        );
+    }
+    let (t_fused, t_loaded) =
+        medians_ms(reps, || run_fused().map(drop), || run_loaded().map(drop))?;
+    let mpix = (side * side) as f64 / 1e6;
+    for (what, ms) in [
+        ("frozen weights (fused gates)", t_fused),
+        ("as loaded (variables, unfused)", t_loaded),
+    ] {
+        println!(
+            "{:<34} {ms:>10.1} ms {:>8.3} MP/s",
+            format!("cgan fwd {side}x{side} {what}"),
+            mpix / (ms / 1e3)
+        );
+    }
+    Ok(())
+}
+
+/// Seeded generator inputs for a `side x side` crop: a random image, a mask with a disc and a
+/// diagonal stroke as holes, and standard-normal noise.
+fn cgan_inputs(side: usize, dev: &Device) -> anyhow::Result<(Tensor, Tensor, Tensor)> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(2024);
+    let pixels: Vec<f32> = (0..3 * side * side).map(|_| rng.random::<f32>()).collect();
+    let image = Tensor::from_vec(pixels, (1, 3, side, side), dev)?;
+    let c = side as f32 / 2.0;
+    let r = side as f32 / 6.0;
+    let holes: Vec<f32> = (0..side * side)
+        .map(|i| {
+            let (y, x) = ((i / side) as f32, (i % side) as f32);
+            let disc = (x - c).powi(2) + (y - c).powi(2) < r * r;
+            let stroke = (x - y).abs() < 3.0;
+            if disc || stroke {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(holes, (1, 1, side, side), dev)?;
+    let noise = cgan::seeded_normal(&mut rng, side * side);
+    let z = Tensor::from_vec(noise, (1, 1, side, side), dev)?;
+    Ok((image, mask, z))
+}
+
+/// Writes `weights.safetensors`, one `<name>.npy` per input and `out_raw.npy` to `dir`.
+fn dump_cgan(
+    dir: &Path,
+    gen: &LoadedGenerator,
+    inputs: &[(&str, &Tensor)],
+    out: &Tensor,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    gen.save(&dir.join("weights.safetensors"))?;
+    for (name, t) in inputs {
+        write_npy(&dir.join(format!("{name}.npy")), t)?;
+    }
+    write_npy(&dir.join("out_raw.npy"), out)
+}
+
+/// Writes an f32 tensor as a NumPy `.npy` file (format 1.0, little-endian, C order).
+fn write_npy(path: &Path, t: &Tensor) -> anyhow::Result<()> {
+    let shape: String = t.dims().iter().map(|d| format!("{d}, ")).collect();
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({shape}), }}");
+    // Magic (6) + version (2) + length (2) + header + newline, padded to 64 bytes.
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let len = u16::try_from(header.len()).context("npy header too long")?;
+    let data = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    let mut bytes = Vec::with_capacity(10 + header.len() + 4 * data.len());
+    bytes.extend_from_slice(b"\x93NUMPY\x01\x00");
+    bytes.extend_from_slice(&len.to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in data {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Median wall times of `reps` calls of `ours` and of `theirs`, after one warm-up call each.
