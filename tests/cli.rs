@@ -147,10 +147,7 @@ fn models_lists_classical_and_explains_unavailable() {
             "{out}"
         );
     }
-    assert!(
-        out.contains("cgan-inpaint") && out.contains("why:"),
-        "{out}"
-    );
+    assert!(out.contains("gan-faces") && out.contains("why:"), "{out}");
 }
 
 #[test]

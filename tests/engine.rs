@@ -239,7 +239,7 @@ fn unknown_and_unavailable_models_fail_cleanly() {
     let e = engine();
     for (model, needle) in [
         ("no-such-model", "unknown model"),
-        ("cgan-inpaint", "unavailable"),
+        ("gan-faces", "unavailable"),
     ] {
         let h = e
             .submit(JobKind::Restore {

@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long)]
     pub masks: String,
     /// Restorer to score.
-    #[arg(long, default_value = "telea")]
+    #[arg(long, default_value = "auto")]
     pub model: String,
     /// Write per-image rows to this CSV file.
     #[arg(long)]

@@ -18,7 +18,7 @@ pub struct Args {
     #[arg(long, short)]
     pub mask: PathBuf,
     /// Restorer to use (see `kintsugi models`).
-    #[arg(long, default_value = "telea")]
+    #[arg(long, default_value = "auto")]
     pub model: String,
     /// Where to write the result; its extension picks the format. Never the input file.
     #[arg(long, short)]

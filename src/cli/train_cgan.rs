@@ -59,6 +59,15 @@ pub struct CganArgs {
     /// Steps of linear learning-rate warm-up.
     #[arg(long, default_value_t = 200)]
     pub warmup: u64,
+    /// Weight of the generator's adversarial (hinge) loss at full strength.
+    #[arg(long, default_value_t = 0.05)]
+    pub adv: f64,
+    /// Step from which the adversarial game starts (reconstruction-only pre-training before).
+    #[arg(long, default_value_t = 4000)]
+    pub adv_start: u64,
+    /// Steps over which the adversarial weight ramps up after --adv-start.
+    #[arg(long, default_value_t = 1000)]
+    pub adv_ramp: u64,
     /// Held-out validation crops (fixed seeded damage on `DATA/val`).
     #[arg(long, default_value_t = 8)]
     pub val: usize,
@@ -144,7 +153,12 @@ pub fn run_cgan(a: CganArgs) -> anyhow::Result<()> {
         lr_g: a.lr_g,
         lr_d: a.lr_d,
         warmup: a.warmup,
-        weights: LossWeights::default(),
+        weights: LossWeights {
+            adv: a.adv,
+            adv_start: a.adv_start,
+            adv_ramp: a.adv_ramp,
+            ..LossWeights::default()
+        },
         damage,
         seed: a.seed,
         sample_every: a.sample_every,

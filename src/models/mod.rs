@@ -1,6 +1,8 @@
 //! Models: the registry of every restorer the app knows, classical and learned.
 
 pub mod cgan;
+pub mod auto;
+pub mod cgan_inpaint;
 pub mod conv;
 pub mod latent_pca;
 pub mod layers;

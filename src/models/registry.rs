@@ -70,6 +70,12 @@ struct Entry {
 
 const CLASSICAL: &[Entry] = &[
     Entry {
+        id: "auto",
+        family: Family::Classical,
+        description: "Automatic: biharmonic for thin scratches and dust, cGAN + Telea for wide \
+                      holes (Telea alone while the cGAN's weights are missing)",
+    },
+    Entry {
         id: "telea",
         family: Family::Classical,
         description: "Telea fast marching: fast, good on thin scratches and dust",
@@ -177,9 +183,23 @@ impl Registry {
     }
 
     /// The restorer of a learned model that this build implements (`None` for the others):
-    /// `vae-faces` needs `<id>.safetensors` and its `<id>.json` manifest.
+    /// `vae-faces` and `cgan-inpaint` need `<id>.safetensors` and its `<id>.json` manifest.
     fn learned_restorer(&self, id: &str) -> Option<Result<Arc<dyn Restorer>, String>> {
         match id {
+            "cgan-inpaint" => {
+                let weights = self.weights_dir.join(format!("{id}.safetensors"));
+                if !weights.is_file() {
+                    return None;
+                }
+                Some(
+                    crate::models::cgan_inpaint::CganInpaint::load(
+                        &self.weights_dir,
+                        "cgan-inpaint",
+                    )
+                    .map(|r| Arc::new(r) as Arc<dyn Restorer>)
+                    .map_err(|e| format!("cannot load {id}: {e}")),
+                )
+            }
             "vae-faces" => {
                 let weights = self.weights_dir.join(format!("{id}.safetensors"));
                 let manifest = self.weights_dir.join(format!("{id}.json"));
@@ -213,26 +233,6 @@ impl Registry {
         }
     }
 
-    /// The restorer for `id`, or why there is none.
-    pub fn restorer(&self, id: &str) -> Result<Arc<dyn Restorer>, RestoreError> {
-        match id {
-            "telea" => Ok(Arc::new(Telea)),
-            "biharmonic" => Ok(Arc::new(Biharmonic)),
-            "patchmatch" => Ok(Arc::new(PatchMatch)),
-            other => match LEARNED.iter().find(|e| e.id == other) {
-                Some(e) => match self.learned_restorer(e.id) {
-                    Some(Ok(r)) => Ok(r),
-                    Some(Err(reason)) => Err(RestoreError::Unavailable {
-                        id: e.id.to_owned(),
-                        reason,
-                    }),
-                    None => Err(RestoreError::Unavailable {
-                        id: e.id.to_owned(),
-                        reason: self.learned_reason(e.id),
-                    }),
-                },
-                None => Err(RestoreError::UnknownModel(other.to_owned())),
-            },
     /// The damage detectors (`kintsugi detect --detector ...`) with their availability:
     /// `classical` always, `detect-damage` when its weights and manifest load.
     pub fn detectors(&self) -> Vec<(&'static str, &'static str, Availability)> {
@@ -257,6 +257,35 @@ impl Registry {
         ]
     }
 
+    /// The restorer for `id`, or why there is none.
+    pub fn restorer(&self, id: &str) -> Result<Arc<dyn Restorer>, RestoreError> {
+        // Short alias used in the docs and on the command line.
+        let id = if id == "cgan" { "cgan-inpaint" } else { id };
+        match id {
+            "telea" => Ok(Arc::new(Telea)),
+            "biharmonic" => Ok(Arc::new(Biharmonic)),
+            "patchmatch" => Ok(Arc::new(PatchMatch)),
+            "auto" => {
+                let cgan = match self.learned_restorer("cgan-inpaint") {
+                    Some(Ok(cgan)) => Some(cgan),
+                    _ => None,
+                };
+                Ok(Arc::new(crate::models::auto::Auto::new(cgan)))
+            }
+            other => match LEARNED.iter().find(|e| e.id == other) {
+                Some(e) => match self.learned_restorer(e.id) {
+                    Some(Ok(r)) => Ok(r),
+                    Some(Err(reason)) => Err(RestoreError::Unavailable {
+                        id: e.id.to_owned(),
+                        reason,
+                    }),
+                    None => Err(RestoreError::Unavailable {
+                        id: e.id.to_owned(),
+                        reason: self.learned_reason(e.id),
+                    }),
+                },
+                None => Err(RestoreError::UnknownModel(other.to_owned())),
+            },
         }
     }
 }

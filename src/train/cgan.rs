@@ -10,8 +10,10 @@
 //!   missing edge or a blurred texture cost something even when the mean colour is right, is
 //!   cheap (no extra network, unlike a perceptual loss) and also penalises seams at the hole
 //!   border, since the composite's gradients cross it;
-//! - hinge_G = `-mean(D(composite, mask))`, kept small (0.1) because with the little training
-//!   a 2-core CPU affords, reconstruction should lead and the adversarial term sharpen.
+//! - hinge_G = `-mean(D(composite, mask))`, kept small because with the little training a
+//!   2-core CPU affords, reconstruction should lead and the adversarial term sharpen. It can
+//!   start late ([`LossWeights::adv_start`], then a linear ramp): before that the step is
+//!   reconstruction-only and the discriminator is not run, which also makes it faster.
 //!
 //! Discriminator: hinge loss `relu(1 - D(real)) + relu(1 + D(fake))` on detached fakes,
 //! spectral normalisation in every layer as the stabiliser.
@@ -29,7 +31,8 @@ use super::damage_synth::{synthesize, ArtifactBank, DamageConfig};
 use super::{mix, save_grid, AdamW, TrainError, TrainResult};
 use crate::imaging::{ImageF32, Mask};
 use crate::models::cgan::{
-    named_vars, seeded_normal, CganError, GeneratorConfig, LoadedDiscriminator, LoadedGenerator,
+    named_vars, noise_map, CganError, GeneratorConfig, LoadedDiscriminator, LoadedGenerator,
+    INFERENCE_NOISE_SEED,
 };
 
 fn model_err(e: CganError) -> TrainError {
@@ -220,8 +223,16 @@ pub struct LossWeights {
     pub valid: f64,
     /// L1 between image gradients of composite and target.
     pub edge: f64,
-    /// Generator hinge loss.
+    /// Generator hinge loss (at full strength).
     pub adv: f64,
+    /// Step from which the adversarial game starts; before it the generator trains on the
+    /// reconstruction terms alone and the discriminator is not run (a faster step).
+    #[serde(default)]
+    pub adv_start: u64,
+    /// Steps over which the adversarial weight ramps linearly from 0 to `adv` after
+    /// `adv_start`.
+    #[serde(default)]
+    pub adv_ramp: u64,
 }
 
 impl Default for LossWeights {
@@ -231,6 +242,21 @@ impl Default for LossWeights {
             valid: 1.0,
             edge: 2.0,
             adv: 0.1,
+            adv_start: 0,
+            adv_ramp: 0,
+        }
+    }
+}
+
+impl LossWeights {
+    /// The adversarial weight at `step` (0 before `adv_start`, then a linear ramp to `adv`).
+    pub fn adv_at(&self, step: u64) -> f64 {
+        if step < self.adv_start {
+            0.0
+        } else if self.adv_ramp == 0 {
+            self.adv
+        } else {
+            self.adv * (((step - self.adv_start + 1) as f64) / self.adv_ramp as f64).min(1.0)
         }
     }
 }
@@ -278,12 +304,7 @@ pub fn edge_loss(a: &Tensor, b: &Tensor) -> TrainResult<Tensor> {
 
 /// A seeded noise map `[n, 1, h, w]` for the generator's `z` input.
 pub fn noise(n: usize, h: usize, w: usize, seed: u64, dev: &Device) -> TrainResult<Tensor> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    Ok(Tensor::from_vec(
-        seeded_normal(&mut rng, n * h * w),
-        (n, 1, h, w),
-        dev,
-    )?)
+    noise_map(n, h, w, seed, dev).map_err(model_err)
 }
 
 /// One optimiser update from a single backward pass of `loss`, with every gradient detached
@@ -378,38 +399,45 @@ impl CganTrainer {
             .gen
             .forward(&batch.damaged, &batch.mask, &z)
             .map_err(model_err)?;
-        // Discriminator step on detached fakes.
-        self.disc.disc.set_update(true);
-        let real = self
-            .disc
-            .disc
-            .forward(&batch.clean, &batch.mask)
-            .map_err(model_err)?;
-        let fake = self
-            .disc
-            .disc
-            .forward(&out.composite.detach(), &batch.mask)
-            .map_err(model_err)?;
-        let d_loss = ((1.0 - real)?.relu()?.mean_all()? + (fake + 1.0)?.relu()?.mean_all()?)?;
-        detached_step(&mut self.opt_d, &self.disc.varmap, &d_loss)?;
-        // Generator step.
-        self.disc.disc.set_update(false);
+        let wt = self.weights;
+        let adv_w = wt.adv_at(step);
         let keep = (1.0 - &batch.mask)?;
         let hole_l1 = masked_l1(&out.raw, &batch.clean, &batch.mask)?;
         let valid_l1 = masked_l1(&out.raw, &batch.clean, &keep)?;
         let edge = edge_loss(&out.composite, &batch.clean)?;
-        let g_adv = self
-            .disc
-            .disc
-            .forward(&out.composite, &batch.mask)
-            .map_err(model_err)?
-            .mean_all()?
-            .neg()?;
-        let wt = self.weights;
-        let total = ((&hole_l1 * wt.hole)?
-            + (&valid_l1 * wt.valid)?
-            + (&edge * wt.edge)?
-            + (&g_adv * wt.adv)?)?;
+        let recon = ((&hole_l1 * wt.hole)? + (&valid_l1 * wt.valid)? + (&edge * wt.edge)?)?;
+        let (total, g_adv, d_loss) = if adv_w > 0.0 {
+            // Discriminator step on detached fakes.
+            self.disc.disc.set_update(true);
+            let real = self
+                .disc
+                .disc
+                .forward(&batch.clean, &batch.mask)
+                .map_err(model_err)?;
+            let fake = self
+                .disc
+                .disc
+                .forward(&out.composite.detach(), &batch.mask)
+                .map_err(model_err)?;
+            let d_loss = ((1.0 - real)?.relu()?.mean_all()? + (fake + 1.0)?.relu()?.mean_all()?)?;
+            detached_step(&mut self.opt_d, &self.disc.varmap, &d_loss)?;
+            // Generator step.
+            self.disc.disc.set_update(false);
+            let g_adv = self
+                .disc
+                .disc
+                .forward(&out.composite, &batch.mask)
+                .map_err(model_err)?
+                .mean_all()?
+                .neg()?;
+            (
+                (&recon + (&g_adv * adv_w)?)?,
+                g_adv.to_scalar::<f32>()?,
+                d_loss.to_scalar::<f32>()?,
+            )
+        } else {
+            (recon, 0.0, 0.0)
+        };
         detached_step(&mut self.opt_g, &self.gen.varmap, &total)?;
         let s = |t: &Tensor| -> TrainResult<f32> { Ok(t.to_scalar::<f32>()?) };
         Ok(StepLosses {
@@ -417,15 +445,15 @@ impl CganTrainer {
             hole_l1: s(&hole_l1)?,
             valid_l1: s(&valid_l1)?,
             edge: s(&edge)?,
-            g_adv: s(&g_adv)?,
-            d_loss: s(&d_loss)?,
+            g_adv,
+            d_loss,
         })
     }
 
-    /// Restores `batch` with zero noise; returns the composite.
+    /// Restores `batch` with the fixed inference noise; returns the composite.
     pub fn restore(&self, batch: &Batch) -> TrainResult<Tensor> {
         let (n, _, h, w) = batch.clean.dims4()?;
-        let z = Tensor::zeros((n, 1, h, w), candle_core::DType::F32, batch.clean.device())?;
+        let z = noise(n, h, w, INFERENCE_NOISE_SEED, batch.clean.device())?;
         Ok(self
             .gen
             .gen
@@ -746,10 +774,13 @@ fn losses_text(w: &LossWeights) -> String {
          differences of the composite and the clean image: the structure term, because L1 alone \
          is minimised by a blurred mean; it penalises missing edges and seams at the hole border \
          at almost no cost (no extra network). Hinge_G = -mean D(composite, mask), small weight \
-         so reconstruction leads with the little CPU training we can afford. D: hinge loss on \
+         so reconstruction leads with the little CPU training we can afford; in this stage \
+         the adversarial term is off before step {} (reconstruction-only pre-training, D not \
+         run) and ramps to full weight over {} steps after it (earlier stages of the shipped \
+         model may have used other schedules: see `command` and the README). D: hinge loss on \
          real vs detached composite, SN-PatchGAN on [image, mask], spectral normalisation \
          (one power iteration per D step) as the stabiliser.",
-        w.hole, w.valid, w.edge, w.adv
+        w.hole, w.valid, w.edge, w.adv, w.adv_start, w.adv_ramp
     )
 }
 
@@ -779,18 +810,18 @@ pub fn train_cgan(
     let mut last_val = None;
     if cfg.resume {
         if let Some(state) = load_checkpoint(&mut t, &cfg.runs_dir, dev)? {
+            // The batch size may change between stages (a bigger machine takes bigger
+            // batches); the networks, crop and data seed may not.
             if state.gen != cfg.gen
                 || state.d_base != cfg.d_base
-                || state.batch != cfg.batch
                 || state.crop != cfg.crop
                 || state.seed != cfg.seed
             {
                 return Err(TrainError::Invalid(format!(
-                    "checkpoint in {} has other settings ({:?}, d {}, batch {}, crop {}, seed {})",
+                    "checkpoint in {} has other settings ({:?}, d {}, crop {}, seed {})",
                     cfg.runs_dir.display(),
                     state.gen,
                     state.d_base,
-                    state.batch,
                     state.crop,
                     state.seed
                 )));
