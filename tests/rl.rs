@@ -246,3 +246,58 @@ fn short_training_increases_mean_reward() {
     let (before, after) = t.evaluate(&eval, &dev).unwrap();
     assert!(after > before + 1.0, "{before} -> {after}");
 }
+
+#[test]
+fn refine_changes_only_hole_pixels() {
+    use kintsugi::imaging::{ImageF32, Mask};
+    use kintsugi::rl::agent::{Agent, RlManifest};
+    let dev = Device::Cpu;
+    let set = Action::ALL.to_vec();
+    let cfg = NetConfig {
+        channels: 4,
+        actions: set.len(),
+    };
+    let net = LoadedNet::fresh(cfg, 9, &dev).unwrap();
+    let manifest = RlManifest {
+        id: "test".into(),
+        family: "rl".into(),
+        task: "refine".into(),
+        architecture: String::new(),
+        net: cfg,
+        params: net.param_count(),
+        actions: set.iter().map(|a| a.name().to_owned()).collect(),
+        a2c: A2cConfig::default(),
+        optimiser: String::new(),
+        data: String::new(),
+        data_license: String::new(),
+        crop: 16,
+        batch: 1,
+        updates: 0,
+        train_seconds: 0.0,
+        updates_per_sec: 0.0,
+        command: String::new(),
+        seed: 0,
+        last_train: None,
+        metrics: None,
+        refine_metrics: None,
+    };
+    let agent = Agent::from_net(net, manifest, set);
+    let img = ImageF32::from_fn(20, 14, 3, |x, y, c| {
+        ((x * 3 + y * 5 + c) % 13) as f32 / 12.0
+    });
+    let mask = Mask::from_fn(20, 14, |x, y| (8..12).contains(&x) && (5..9).contains(&y));
+    let mut steps = 0;
+    let out = kintsugi::rl::refine::refine_fill(&agent, &img, &mask, &mut |_, _| {
+        steps += 1;
+        true
+    })
+    .unwrap();
+    assert_eq!(steps, 5);
+    for y in 0..14 {
+        for x in 0..20 {
+            if !mask.get(x, y) {
+                assert_eq!(out.pixel(x, y), img.pixel(x, y));
+            }
+        }
+    }
+}

@@ -193,7 +193,8 @@ fn run_eval(
         "{} images of {} (sorted by name{}{}), per-channel Gaussian noise seeded per image \
          (seed {}), not clipped at input; outputs clipped to [0,1]; PSNR averaged over \
          images. Agent: greedy actions, {} steps. Best fixed: best (action, 1..={} \
-         repetitions) of the agent's set. Classical: best Gaussian (sigma 0.5-2.5) or \
+         repetitions) of the agent's set per noise level, and the best one for all levels \
+         together (blind, as the agent is). Classical: best Gaussian (sigma 0.5-2.5) or \
          bilateral (sigma_s 1-3, sigma_r 0.05-0.5) setting. Both baselines tuned per noise \
          level on these same images (optimistic). Measured by `kintsugi denoise --eval` in \
          {:.0} s.",
@@ -235,6 +236,13 @@ fn run_eval(
             .map(|(n, s)| format!("{n} {:.1}%", 100.0 * s))
             .collect();
         println!("       actions: {}", shares.join(", "));
+    }
+    if let Some((name, v)) = &metrics.blind_fixed {
+        let per: Vec<String> = v.iter().map(|p| format!("{p:.2}")).collect();
+        println!(
+            "best single fixed action over all sigmas (blind, like the agent): {name}: {}",
+            per.join(" / ")
+        );
     }
     println!("{}", metrics.protocol);
     if a.write_manifest {

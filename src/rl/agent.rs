@@ -33,6 +33,10 @@ pub struct DenoiseMetrics {
     pub protocol: String,
     /// One row per noise level.
     pub rows: Vec<DenoiseRow>,
+    /// The best single (action, repetitions) over all noise levels together (blind, like the
+    /// agent, which is not told the noise level), with its PSNR per row.
+    #[serde(default)]
+    pub blind_fixed: Option<(String, Vec<f64>)>,
 }
 
 /// The manifest written beside an agent's weights.

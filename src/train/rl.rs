@@ -524,7 +524,7 @@ pub fn train_rl(
                 .zip(&counts)
                 .map(|(a, &c)| format!("{} {:.3}", a.name(), c as f64 / total as f64))
                 .collect::<Vec<_>>(),
-            last_val
+            last_val.map(|(b, a)| format!("{b:.2} -> {a:.2} dB"))
         ),
         data: cfg.data_desc.clone(),
         data_license: cfg.data_license.clone(),
