@@ -136,8 +136,9 @@ fn eval_refine_only(a: &RlArgs, out: &std::path::Path) -> anyhow::Result<()> {
         "{} centre {c}x{c} crops of {} (sorted by name), seeded scattered specks and hairs \
          covering 5% of each crop, filled by Telea; hole-PSNR (RGB, outputs clipped to [0,1]) \
          of the Telea fill and of the agent's greedy {}-step episode on the hole pixels, \
-         averaged over crops; measured by `kintsugi train rl --task refine --eval-only` in \
-         {:.0} s.",
+         averaged over crops; best fixed = the best single action of the set applied \
+         1..=steps times to the hole pixels; measured by `kintsugi train rl --task refine \
+         --eval-only` in {:.0} s.",
         clean.len(),
         val_dir.display(),
         agent.steps(),
@@ -151,6 +152,9 @@ fn eval_refine_only(a: &RlArgs, out: &std::path::Path) -> anyhow::Result<()> {
         m.improved,
         m.images
     );
+    if let Some((name, v)) = &m.best_fixed {
+        println!("best single fixed action on the holes: {name}: {v:.2} dB");
+    }
     let shares: Vec<String> = m
         .action_share
         .iter()

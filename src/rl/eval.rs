@@ -249,6 +249,10 @@ pub struct RefineMetrics {
     pub agent_hole_psnr_db: f64,
     /// Images on which the agent raised the hole-PSNR.
     pub improved: usize,
+    /// The best single action of the set applied 1..=steps times to the hole pixels, with its
+    /// mean hole-PSNR (dB): the agent has to beat this to be worth its network.
+    #[serde(default)]
+    pub best_fixed: Option<(String, f64)>,
     /// Fraction of hole pixel-steps per action.
     pub action_share: Vec<(String, f64)>,
 }
@@ -266,6 +270,8 @@ pub fn eval_refine(
     let mut after = 0.0;
     let mut improved = 0;
     let mut counts = vec![0u64; agent.set.len()];
+    let steps = agent.steps();
+    let mut fixed = vec![vec![0.0f64; steps]; agent.set.len()];
     for (i, target) in clean.iter().enumerate() {
         let s = crate::train::mix(seed, i as u64);
         let mask = crate::imaging::mask_synth::scattered_damage(target.w, target.h, coverage, s);
@@ -282,6 +288,30 @@ pub fn eval_refine(
             *v = v.clamp(0.0, 1.0);
         }
         let a = psnr(out.mse(target, Some(&hole)));
+        let known: Vec<bool> = hole.iter().map(|&h| !h).collect();
+        let per_action: Vec<Vec<f64>> = agent
+            .set
+            .par_iter()
+            .map(|&act| {
+                let mut f = start.clone();
+                let choice = vec![0u8; f.w * f.h];
+                (0..steps)
+                    .map(|_| {
+                        f = super::env::step_frame(&f, &[act], &choice, Some(&known), Some(&hole));
+                        let mut g = f.clone();
+                        for v in g.data.iter_mut() {
+                            *v = v.clamp(0.0, 1.0);
+                        }
+                        psnr(g.mse(target, Some(&hole)))
+                    })
+                    .collect()
+            })
+            .collect();
+        for (acc, v) in fixed.iter_mut().zip(per_action) {
+            for (x, y) in acc.iter_mut().zip(v) {
+                *x += y;
+            }
+        }
         before += b;
         after += a;
         if a > b {
@@ -297,7 +327,16 @@ pub fn eval_refine(
     }
     let n = clean.len().max(1) as f64;
     let all: u64 = counts.iter().sum::<u64>().max(1);
+    let mut best_fixed: Option<(String, f64)> = None;
+    for (act, reps) in agent.set.iter().zip(&fixed) {
+        for (k, v) in reps.iter().enumerate() {
+            if best_fixed.as_ref().is_none_or(|b| v / n > b.1) {
+                best_fixed = Some((format!("{} x{}", act.name(), k + 1), v / n));
+            }
+        }
+    }
     Ok(RefineMetrics {
+        best_fixed,
         protocol: String::new(),
         images: clean.len(),
         telea_hole_psnr_db: before / n,
