@@ -1,4 +1,5 @@
-//! Broken weights and manifests for every learned model (vae-faces, cgan-inpaint): corrupt,
+//! Broken weights and manifests for every learned model (vae-faces, cgan-inpaint, the damage
+//! detector): corrupt,
 //! truncated and empty files, tensors of the wrong shape or missing, NaN and infinite values,
 //! manifests that are missing, not JSON, of the wrong types, absurd or disagreeing with the
 //! weights. Each must end in a typed error (never a panic), the registry and `kintsugi models`
@@ -629,4 +630,106 @@ fn fuzz_seeds_for_weights_and_manifests() {
     write_seeds("weights_vae", &vae_w);
     write_seeds("weights_cgan", &cgan_w);
     write_seeds("manifest", &manifests);
+}
+
+/// The damage detector (`weights/detect-damage.*`): every broken form of its files makes the
+/// learned detector an error, `auto` falls back to the classical detector with a notice that
+/// says why, and detection still works.
+#[test]
+fn every_detector_weights_fault_falls_back_to_the_classical_detector() {
+    use kintsugi::detect::{detector_by_name, learned::MODEL_ID, load_detector};
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
+    let weights = std::fs::read(shipped.join(format!("{MODEL_ID}.safetensors")))
+        .unwrap_or_else(|e| panic!("shipped detector weights: {e}"));
+    let manifest = std::fs::read(shipped.join(format!("{MODEL_ID}.json")))
+        .unwrap_or_else(|e| panic!("shipped detector manifest: {e}"));
+    let dev = Device::Cpu;
+    let nan = {
+        let mut t =
+            candle_core::safetensors::load_buffer(&weights, &dev).unwrap_or_else(|e| panic!("{e}"));
+        poison(&mut t, f32::NAN);
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("w.safetensors");
+        candle_core::safetensors::save(&t, &p).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let dropped = {
+        let mut t =
+            candle_core::safetensors::load_buffer(&weights, &dev).unwrap_or_else(|e| panic!("{e}"));
+        drop_one(&mut t);
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let p = dir.path().join("w.safetensors");
+        candle_core::safetensors::save(&t, &p).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::read(&p).unwrap_or_else(|e| panic!("{e}"))
+    };
+    let cases: Vec<(&str, Option<Vec<u8>>, Option<Vec<u8>>)> = vec![
+        (
+            "corrupt weights",
+            Some(garbage(4096)),
+            Some(manifest.clone()),
+        ),
+        ("lying header", Some(lying_header()), Some(manifest.clone())),
+        (
+            "truncated weights",
+            Some(weights[..weights.len() / 2].to_vec()),
+            Some(manifest.clone()),
+        ),
+        ("empty weights", Some(Vec::new()), Some(manifest.clone())),
+        ("missing weights", None, Some(manifest.clone())),
+        ("missing tensor", Some(dropped), Some(manifest.clone())),
+        ("NaN weights", Some(nan), Some(manifest.clone())),
+        (
+            "manifest not JSON",
+            Some(weights.clone()),
+            Some(b"{ nope".to_vec()),
+        ),
+        ("manifest missing", Some(weights.clone()), None),
+        (
+            "manifest of the wrong types",
+            Some(weights.clone()),
+            Some(br#"{"config": "big", "logit_offset": []}"#.to_vec()),
+        ),
+    ];
+    let img = ImageF32::from_fn(40, 32, 3, |x, y, _| {
+        if (x as i64 - 20).pow(2) + (y as i64 - 16).pow(2) < 5 {
+            1.0
+        } else {
+            0.3
+        }
+    });
+    for (what, w, m) in cases {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        if let Some(w) = w {
+            std::fs::write(dir.path().join(format!("{MODEL_ID}.safetensors")), w)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        if let Some(m) = m {
+            std::fs::write(dir.path().join(format!("{MODEL_ID}.json")), m)
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            let learned = detector_by_name("learned", dir.path());
+            let (det, notice) = load_detector(dir.path());
+            (learned.is_err(), det.id(), notice)
+        }));
+        let (learned_failed, id, notice) =
+            outcome.unwrap_or_else(|_| panic!("{what}: loading the detector panicked"));
+        assert!(learned_failed, "{what}: the learned detector loaded");
+        assert_eq!(id, "classical", "{what}: no fallback");
+        let notice = notice.unwrap_or_else(|| panic!("{what}: no notice"));
+        assert!(notice.contains("classical"), "{what}: {notice}");
+        let (det, _) = load_detector(dir.path());
+        let probs = kintsugi::detect::detect(
+            det.as_ref(),
+            &img,
+            Default::default(),
+            &kintsugi::restore::NullReporter,
+        )
+        .unwrap_or_else(|e| panic!("{what}: classical detection failed: {e}"));
+        assert_eq!((probs.width(), probs.height()), (40, 32), "{what}");
+        assert!(
+            probs.threshold(0.5).count() < 40 * 32 / 4,
+            "{what}: the fallback flags most of a flat image"
+        );
+    }
 }

@@ -235,6 +235,22 @@ impl LoadedNet {
                 reason: e.to_string(),
             })?;
         loaded.set_from(&tensors, "", path)?;
+        // A diverged or damaged file would give NaN probabilities everywhere: refuse it.
+        for (name, var) in loaded.vars()? {
+            let finite = var
+                .as_tensor()
+                .flatten_all()
+                .and_then(|t| t.to_dtype(DType::F32))
+                .and_then(|t| t.to_vec1::<f32>())?
+                .iter()
+                .all(|v| v.is_finite());
+            if !finite {
+                return Err(DetectError::Weights {
+                    path: path.to_owned(),
+                    reason: format!("'{name}' holds NaN or infinite values"),
+                });
+            }
+        }
         Ok(loaded)
     }
 
