@@ -108,6 +108,70 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
 }
 
+/// The photos of a `--data` folder: its `train` and `test` subfolders (or the folder itself)
+/// for training, `val` (or the training photos) for validation. Read in place, never copied.
+pub(super) struct PhotoData {
+    /// Folders the training photos came from.
+    pub dirs: Vec<PathBuf>,
+    /// Training photos.
+    pub source: crate::train::cgan::CropSource,
+    /// The validation folder (may not exist).
+    pub val_dir: PathBuf,
+    /// Validation photos.
+    pub val_source: crate::train::cgan::CropSource,
+}
+
+/// Loads [`PhotoData`] from `data`.
+pub(super) fn load_photo_data(data: &Path) -> anyhow::Result<PhotoData> {
+    use crate::train::cgan::CropSource;
+    let dirs: Vec<PathBuf> = ["train", "test"]
+        .iter()
+        .map(|d| data.join(d))
+        .filter(|d| d.is_dir())
+        .collect();
+    let dirs = if dirs.is_empty() {
+        vec![data.to_owned()]
+    } else {
+        dirs
+    };
+    let source = CropSource::load_dirs(&dirs)
+        .with_context(|| format!("reading the training photos in {}", data.display()))?;
+    let val_dir = data.join("val");
+    let val_source = if val_dir.is_dir() {
+        CropSource::load_dirs(std::slice::from_ref(&val_dir))?
+    } else {
+        source.clone()
+    };
+    Ok(PhotoData {
+        dirs,
+        source,
+        val_dir,
+        val_source,
+    })
+}
+
+/// The film-damage artifact bank at `path` (`none` for procedural damage only).
+pub(super) fn load_artifacts(
+    path: &Path,
+    per_category: usize,
+    seed: u64,
+) -> anyhow::Result<Option<crate::train::damage_synth::ArtifactBank>> {
+    if path.as_os_str() == "none" {
+        return Ok(None);
+    }
+    let bank = crate::train::damage_synth::ArtifactBank::load(path, per_category, 200, seed)
+        .with_context(|| format!("reading artifacts in {}", path.display()))?;
+    Ok(Some(bank))
+}
+
+/// The command line as typed (with `kintsugi` as the program name), for manifests.
+pub(super) fn command_line() -> String {
+    std::iter::once("kintsugi".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `runs/<stem>` beside the folder of `out` (`weights/vae-faces` -> `runs/vae-faces`);
 /// `fallback` names the folder when `out` has no file name.
 pub(super) fn default_runs_dir(out: &Path, fallback: &str) -> PathBuf {
@@ -193,10 +257,7 @@ fn run_vae(a: VaeArgs) -> anyhow::Result<()> {
     std::fs::write(&val_list, names.join("\n") + "\n")
         .with_context(|| format!("writing {}", val_list.display()))?;
     // argv[0] is wherever the binary happened to run from; record the command as users type it.
-    let command = std::iter::once("kintsugi".to_owned())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = command_line();
     let cfg = VaeTrainConfig {
         model,
         steps: a.steps,

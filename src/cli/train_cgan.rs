@@ -3,14 +3,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use candle_core::Device;
 
 use crate::models::cgan::GeneratorConfig;
-use crate::train::cgan::{
-    train_cgan, with_ext, Batch, CganTrainConfig, CropSource, LossWeights, StepReport,
-};
-use crate::train::damage_synth::{ArtifactBank, DamageConfig};
+use crate::train::cgan::{train_cgan, with_ext, Batch, CganTrainConfig, LossWeights, StepReport};
+use crate::train::damage_synth::DamageConfig;
 
 /// Arguments of `train cgan`.
 #[derive(Debug, clap::Args)]
@@ -89,32 +86,13 @@ pub struct CganArgs {
 pub fn run_cgan(a: CganArgs) -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let started = std::time::Instant::now();
-    let dirs: Vec<PathBuf> = ["train", "test"]
-        .iter()
-        .map(|d| a.data.join(d))
-        .filter(|d| d.is_dir())
-        .collect();
-    let dirs = if dirs.is_empty() {
-        vec![a.data.clone()]
-    } else {
-        dirs
-    };
-    let source = CropSource::load_dirs(&dirs)
-        .with_context(|| format!("reading the training photos in {}", a.data.display()))?;
-    let val_dir = a.data.join("val");
-    let val_source = if val_dir.is_dir() {
-        CropSource::load_dirs(std::slice::from_ref(&val_dir))?
-    } else {
-        source.clone()
-    };
-    let bank = if a.artifacts.as_os_str() == "none" {
-        None
-    } else {
-        Some(
-            ArtifactBank::load(&a.artifacts, a.artifacts_per_category, 200, a.seed)
-                .with_context(|| format!("reading artifacts in {}", a.artifacts.display()))?,
-        )
-    };
+    let super::train::PhotoData {
+        dirs,
+        source,
+        val_dir,
+        val_source,
+    } = super::train::load_photo_data(&a.data)?;
+    let bank = super::train::load_artifacts(&a.artifacts, a.artifacts_per_category, a.seed)?;
     let damage = DamageConfig::default();
     let val = Batch::synth(
         &val_source,
@@ -140,10 +118,7 @@ pub fn run_cgan(a: CganArgs) -> anyhow::Result<()> {
         .runs
         .clone()
         .unwrap_or_else(|| super::train::default_runs_dir(&a.out, "cgan-inpaint"));
-    let command = std::iter::once("kintsugi".to_owned())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = super::train::command_line();
     let cfg = CganTrainConfig {
         gen: GeneratorConfig { base: a.base },
         d_base: a.d_base,
