@@ -64,7 +64,7 @@ pub struct RestoreArgs {
     #[arg(long, short)]
     pub output: PathBuf,
     /// Inpainting model (see `kintsugi models`).
-    #[arg(long, default_value = "telea")]
+    #[arg(long, default_value = "auto")]
     pub model: String,
     /// Also write the mask that was used.
     #[arg(long)]

@@ -36,7 +36,10 @@ pub fn run(_args: Args) -> anyhow::Result<()> {
             Availability::Available => "available",
             Availability::Unavailable(_) => "unavailable",
         };
-        println!("{:<14} {:<10} {:<11} {}", id, "detector", status, description);
+        println!(
+            "{:<14} {:<10} {:<11} {}",
+            id, "detector", status, description
+        );
         if let Availability::Unavailable(why) = &availability {
             println!("{:<14} {:<10} {:<11} why: {}", "", "", "", why);
         }

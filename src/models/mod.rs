@@ -1,7 +1,7 @@
 //! Models: the registry of every restorer the app knows, classical and learned.
 
-pub mod cgan;
 pub mod auto;
+pub mod cgan;
 pub mod cgan_inpaint;
 pub mod conv;
 pub mod latent_pca;

@@ -150,7 +150,7 @@ impl StudioApp {
             engine_config: Some(config),
             models,
             registry,
-            model: "telea".into(),
+            model: "auto".into(),
             specs: Vec::new(),
             params: Default::default(),
             job: JobState::Idle,
@@ -165,7 +165,7 @@ impl StudioApp {
             detect: Default::default(),
             latent,
         };
-        app.select_model("telea");
+        app.select_model("auto");
         match image {
             Some((pixels, depth, path)) => app.set_document(Document::new(pixels, depth, path)),
             None => match super::demo::embedded_demo() {
