@@ -662,7 +662,9 @@ fn every_detector_weights_fault_falls_back_to_the_classical_detector() {
         candle_core::safetensors::save(&t, &p).unwrap_or_else(|e| panic!("{e}"));
         std::fs::read(&p).unwrap_or_else(|e| panic!("{e}"))
     };
-    let cases: Vec<(&str, Option<Vec<u8>>, Option<Vec<u8>>)> = vec![
+    // (what, weights file bytes, manifest bytes); `None` leaves the file out.
+    type DetectorCase<'a> = (&'a str, Option<Vec<u8>>, Option<Vec<u8>>);
+    let cases: Vec<DetectorCase> = vec![
         (
             "corrupt weights",
             Some(garbage(4096)),
