@@ -8,7 +8,7 @@ use anyhow::Context;
 use candle_core::Device;
 
 use crate::rl::a2c::A2cConfig;
-use crate::train::cgan::{with_ext, CropSource};
+use crate::train::cgan::with_ext;
 use crate::train::rl::{episode_batch, train_rl, RlStepReport, RlTrainConfig, Task};
 
 /// Which agent to train.
@@ -192,24 +192,12 @@ pub fn run_rl(a: RlArgs) -> anyhow::Result<()> {
         return eval_refine_only(&a, &out);
     }
     let started = std::time::Instant::now();
-    let dirs: Vec<PathBuf> = ["train", "test"]
-        .iter()
-        .map(|d| a.data.join(d))
-        .filter(|d| d.is_dir())
-        .collect();
-    let dirs = if dirs.is_empty() {
-        vec![a.data.clone()]
-    } else {
-        dirs
-    };
-    let source = CropSource::load_dirs(&dirs)
-        .with_context(|| format!("reading the training photos in {}", a.data.display()))?;
-    let val_dir = a.data.join("val");
-    let val_source = if val_dir.is_dir() {
-        CropSource::load_dirs(std::slice::from_ref(&val_dir))?
-    } else {
-        source.clone()
-    };
+    let super::train::PhotoData {
+        dirs,
+        source,
+        val_dir,
+        val_source,
+    } = super::train::load_photo_data(&a.data)?;
     let val = episode_batch(
         task,
         &val_source,
@@ -229,10 +217,7 @@ pub fn run_rl(a: RlArgs) -> anyhow::Result<()> {
         .runs
         .clone()
         .unwrap_or_else(|| super::train::default_runs_dir(&out, "rl"));
-    let command = std::iter::once("kintsugi".to_owned())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = super::train::command_line();
     let data_desc = match task {
         Task::Denoise => format!(
             "random {c}x{c} crops (random horizontal flips) of the {n} photos in {dirs:?} \
