@@ -237,14 +237,7 @@ impl LoadedNet {
         loaded.set_from(&tensors, "", path)?;
         // A diverged or damaged file would give NaN probabilities everywhere: refuse it.
         for (name, var) in loaded.vars()? {
-            let finite = var
-                .as_tensor()
-                .flatten_all()
-                .and_then(|t| t.to_dtype(DType::F32))
-                .and_then(|t| t.to_vec1::<f32>())?
-                .iter()
-                .all(|v| v.is_finite());
-            if !finite {
+            if !crate::models::all_finite(var.as_tensor())? {
                 return Err(DetectError::Weights {
                     path: path.to_owned(),
                     reason: format!("'{name}' holds NaN or infinite values"),

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use super::cgan_inpaint::inward_distance;
 use crate::imaging::{ImageF32, Mask, Rect};
 use crate::restore::biharmonic::Biharmonic;
+use crate::restore::pipeline::components;
 use crate::restore::telea::Telea;
 use crate::restore::{
     check_inputs, checkpoint, ParamSpec, Params, Reporter, RestoreError, Restorer,
@@ -82,37 +83,14 @@ impl Auto {
         let (dist, _) = inward_distance(mask);
         let mut thin = Mask::new(w, h);
         let mut wide = Mask::new(w, h);
-        let mut seen = vec![false; w * h];
-        let mut stack = Vec::new();
-        let mut comp = Vec::new();
-        for start in 0..w * h {
-            if !mask.data()[start] || seen[start] {
-                continue;
-            }
-            seen[start] = true;
-            stack.push(start);
-            comp.clear();
-            let mut deepest = 0.0f32;
-            while let Some(i) = stack.pop() {
-                comp.push(i);
-                deepest = deepest.max(dist[i]);
-                let (x, y) = (i % w, i / w);
-                for ny in y.saturating_sub(1)..=(y + 1).min(h - 1) {
-                    for nx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
-                        let j = ny * w + nx;
-                        if mask.data()[j] && !seen[j] {
-                            seen[j] = true;
-                            stack.push(j);
-                        }
-                    }
-                }
-            }
+        for comp in components(mask) {
+            let deepest = comp.iter().map(|&i| dist[i]).fold(0.0f32, f32::max);
             let target = if f64::from(deepest) > wide_from {
                 &mut wide
             } else {
                 &mut thin
             };
-            for &i in &comp {
+            for i in comp {
                 target.data_mut()[i] = true;
             }
         }

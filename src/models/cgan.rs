@@ -237,14 +237,7 @@ impl LoadedGenerator {
             .load(path)
             .map_err(|e| err(format!("unreadable or wrong architecture ({e})")))?;
         for (name, var) in named_vars(&m.varmap, false)? {
-            let finite = var
-                .as_tensor()
-                .flatten_all()
-                .and_then(|t| t.to_dtype(DType::F32))
-                .and_then(|t| t.to_vec1::<f32>())?
-                .iter()
-                .all(|v| v.is_finite());
-            if !finite {
+            if !super::all_finite(var.as_tensor())? {
                 return Err(err(format!(
                     "'{name}' holds NaN or infinite values (a diverged or damaged file)"
                 )));

@@ -554,12 +554,7 @@ impl LoadedVae {
                 )));
             }
             let t = t.to_dtype(DType::F32)?;
-            let finite = t
-                .flatten_all()
-                .and_then(|f| f.to_vec1::<f32>())?
-                .iter()
-                .all(|v| v.is_finite());
-            if !finite {
+            if !super::all_finite(&t)? {
                 return Err(bad(format!(
                     "'{name}' holds NaN or infinite values (a diverged or damaged file)"
                 )));

@@ -64,8 +64,38 @@ pub const MAX_MERGED_AREA: usize = 384 * 384;
 /// back only its own pixels.
 pub fn find_regions(mask: &Mask, margin: impl Fn(Rect) -> usize) -> Vec<Region> {
     let (w, h) = (mask.width(), mask.height());
+    let comps = components(mask)
+        .into_iter()
+        .map(|pixels| {
+            let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
+            for &i in &pixels {
+                let (x, y) = (i % w, i / w);
+                x0 = x0.min(x);
+                y0 = y0.min(y);
+                x1 = x1.max(x);
+                y1 = y1.max(y);
+            }
+            let bbox = Rect {
+                x: x0,
+                y: y0,
+                width: x1 - x0 + 1,
+                height: y1 - y0 + 1,
+            };
+            Region {
+                crop: bbox.expand(margin(bbox), w, h),
+                pixels,
+            }
+        })
+        .collect();
+    merge_overlapping(comps)
+}
+
+/// The 8-connected components of the holes of `mask`, each as its pixel indices (row-major),
+/// in the order of their first pixel.
+pub fn components(mask: &Mask) -> Vec<Vec<usize>> {
+    let (w, h) = (mask.width(), mask.height());
     let mut todo = mask.data().to_vec();
-    let mut comps: Vec<Region> = Vec::new();
+    let mut comps = Vec::new();
     let mut stack = Vec::new();
     for start in 0..w * h {
         if !todo[start] {
@@ -74,14 +104,9 @@ pub fn find_regions(mask: &Mask, margin: impl Fn(Rect) -> usize) -> Vec<Region> 
         todo[start] = false;
         stack.push(start);
         let mut pixels = Vec::new();
-        let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
         while let Some(i) = stack.pop() {
             pixels.push(i);
             let (x, y) = (i % w, i / w);
-            x0 = x0.min(x);
-            y0 = y0.min(y);
-            x1 = x1.max(x);
-            y1 = y1.max(y);
             for ny in y.saturating_sub(1)..=(y + 1).min(h - 1) {
                 for nx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
                     let j = ny * w + nx;
@@ -92,18 +117,9 @@ pub fn find_regions(mask: &Mask, margin: impl Fn(Rect) -> usize) -> Vec<Region> 
                 }
             }
         }
-        let bbox = Rect {
-            x: x0,
-            y: y0,
-            width: x1 - x0 + 1,
-            height: y1 - y0 + 1,
-        };
-        comps.push(Region {
-            crop: bbox.expand(margin(bbox), w, h),
-            pixels,
-        });
+        comps.push(pixels);
     }
-    merge_overlapping(comps)
+    comps
 }
 
 /// Unions regions whose crops intersect, repeatedly, until all crops are disjoint.

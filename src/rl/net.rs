@@ -209,14 +209,7 @@ impl LoadedNet {
             .load(path)
             .map_err(|e| err(format!("unreadable or wrong architecture ({e})")))?;
         for (name, var) in named_vars(&m.varmap)? {
-            let finite = var
-                .as_tensor()
-                .flatten_all()?
-                .to_dtype(DType::F32)?
-                .to_vec1::<f32>()?
-                .iter()
-                .all(|v| v.is_finite());
-            if !finite {
+            if !crate::models::all_finite(var.as_tensor())? {
                 return Err(err(format!("'{name}' holds NaN or infinite values")));
             }
         }
