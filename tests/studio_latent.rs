@@ -428,7 +428,7 @@ fn missing_weights_show_a_message_without_panic() {
         .query_by_label_contains("The latent explorer is unavailable")
         .is_some());
 
-    // A model the explorer cannot drive (yet) is reported the same way.
+    // The GAN without its weights is reported the same way.
     h.state_mut().latent_mut().set_model("gan-faces");
     settle(&mut h);
     let why = h
@@ -437,7 +437,18 @@ fn missing_weights_show_a_message_without_panic() {
         .unavailable()
         .expect("unavailable")
         .to_owned();
-    assert!(why.contains("does not support model 'gan-faces'"), "{why}");
+    assert!(why.contains("weights not found"), "{why}");
+
+    // A model the explorer cannot drive is reported the same way.
+    h.state_mut().latent_mut().set_model("flow-faces");
+    settle(&mut h);
+    let why = h
+        .state()
+        .latent()
+        .unavailable()
+        .expect("unavailable")
+        .to_owned();
+    assert!(why.contains("does not support model 'flow-faces'"), "{why}");
 }
 
 #[test]

@@ -13,6 +13,7 @@ mod sample;
 mod train;
 mod train_cgan;
 mod train_detect;
+mod train_gan;
 mod train_rl;
 
 use std::path::PathBuf;

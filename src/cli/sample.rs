@@ -8,6 +8,7 @@ use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
+use crate::models::gan::LoadedGan;
 use crate::models::latent_pca::LatentPca;
 use crate::models::registry::Registry;
 use crate::models::vae::{latent_for_seed, seeded_normal, LoadedVae};
@@ -28,7 +29,8 @@ pub struct SampleArgs {
     /// Columns of the grid (default: about the square root of N).
     #[arg(long)]
     pub cols: Option<usize>,
-    /// Scale of the prior's standard deviation ("temperature"); 1 samples the true prior.
+    /// Scale of the prior's standard deviation ("temperature"; for a GAN, values below 1 trade
+    /// variety for quality like the truncation trick); 1 samples the true prior.
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
     /// Sample the N(0, I) prior even when the model ships `<model>.pca.safetensors`. By
@@ -69,14 +71,50 @@ pub struct InterpolateArgs {
     pub output: PathBuf,
 }
 
-fn load(model: &str, dev: &Device) -> anyhow::Result<LoadedVae> {
-    let registry = Registry::default();
-    if model != "vae-faces" && !model.starts_with("vae") {
-        bail!("sampling is implemented for VAE models (vae-*), not '{model}'");
+/// A generative model's decoder: the VAE's or the GAN's generator.
+enum Decoder {
+    Vae(Box<LoadedVae>),
+    Gan(Box<LoadedGan>),
+}
+
+impl Decoder {
+    fn latent(&self) -> usize {
+        match self {
+            Decoder::Vae(m) => m.vae.config().latent,
+            Decoder::Gan(m) => m.g.config().latent,
+        }
     }
-    let (loaded, _) = LoadedVae::load_model(registry.weights_dir(), model, dev)
+
+    fn decode(&self, z: &Tensor) -> anyhow::Result<Tensor> {
+        Ok(match self {
+            Decoder::Vae(m) => m.vae.decode(z)?,
+            Decoder::Gan(m) => m.g.forward(z)?,
+        })
+    }
+
+    /// The latent Gaussian fitted to the training set, for models that ship one (the VAE).
+    fn fitted(&self, model: &str, prior: bool) -> anyhow::Result<Option<LatentPca>> {
+        match self {
+            Decoder::Vae(_) if !prior => fitted_gaussian(model),
+            _ => Ok(None),
+        }
+    }
+}
+
+fn load(model: &str, dev: &Device) -> anyhow::Result<Decoder> {
+    let registry = Registry::default();
+    let dir = registry.weights_dir();
+    if model.starts_with("gan") {
+        let (gan, _) = LoadedGan::load_model(dir, model, dev)
+            .with_context(|| format!("loading model '{model}'"))?;
+        return Ok(Decoder::Gan(Box::new(gan)));
+    }
+    if !model.starts_with("vae") {
+        bail!("sampling is implemented for VAE (vae-*) and GAN (gan-*) models, not '{model}'");
+    }
+    let (loaded, _) = LoadedVae::load_model(dir, model, dev)
         .with_context(|| format!("loading model '{model}'"))?;
-    Ok(loaded)
+    Ok(Decoder::Vae(Box::new(loaded)))
 }
 
 /// The latent Gaussian fitted to the training set (`<model>.pca.safetensors`), if shipped.
@@ -106,19 +144,19 @@ pub fn run_sample(a: SampleArgs) -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let m = load(&a.model, &dev)?;
     let mut rng = StdRng::seed_from_u64(a.seed);
-    let latent = m.vae.config().latent;
+    let latent = m.latent();
     let eps = (seeded_normal(&mut rng, a.n, latent, &dev)? * a.temperature)?;
-    let z = match (a.prior, fitted_gaussian(&a.model)?) {
-        (false, Some(pca)) => to_fitted(&pca, &eps)?,
-        _ => eps,
+    let z = match m.fitted(&a.model, a.prior)? {
+        Some(pca) => to_fitted(&pca, &eps)?,
+        None => eps,
     };
     // Warm up once, then time a single-code decode: the cost of one slider move.
     let one = z.narrow(0, 0, 1)?;
-    m.vae.decode(&one)?;
+    m.decode(&one)?;
     let t0 = std::time::Instant::now();
-    m.vae.decode(&one)?;
+    m.decode(&one)?;
     let single_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let images = m.vae.decode(&z)?;
+    let images = m.decode(&z)?;
     let cols = a
         .cols
         .unwrap_or_else(|| (a.n as f64).sqrt().ceil() as usize)
@@ -162,7 +200,7 @@ pub fn run_interpolate(a: InterpolateArgs) -> anyhow::Result<()> {
     }
     let dev = Device::Cpu;
     let m = load(&a.model, &dev)?;
-    let latent = m.vae.config().latent;
+    let latent = m.latent();
     // Interpolate the standard-normal codes, then map them (slerp stays in the typical set of
     // the whitened Gaussian).
     let za = latent_for_seed(a.seed_a, latent, &dev)?;
@@ -177,11 +215,11 @@ pub fn run_interpolate(a: InterpolateArgs) -> anyhow::Result<()> {
         });
     }
     let z = Tensor::cat(&zs, 0)?;
-    let z = match (a.prior, fitted_gaussian(&a.model)?) {
-        (false, Some(pca)) => to_fitted(&pca, &z)?,
-        _ => z,
+    let z = match m.fitted(&a.model, a.prior)? {
+        Some(pca) => to_fitted(&pca, &z)?,
+        None => z,
     };
-    let images = m.vae.decode(&z)?;
+    let images = m.decode(&z)?;
     save_grid(&images, a.steps, &a.output)?;
     eprintln!(
         "wrote {} ({} steps from seed {} to seed {})",

@@ -19,7 +19,7 @@ pub struct Args {
     pub family: Family,
 }
 
-/// The trainable families (later: `gan`, `rl`).
+/// The trainable families.
 #[derive(Debug, clap::Subcommand)]
 pub enum Family {
     /// Train the convolutional VAE on a folder of square RGB PNGs.
@@ -30,6 +30,8 @@ pub enum Family {
     Detect(super::train_detect::DetectArgs),
     /// Train a PixelRL agent (`--task denoise|refine`) with advantage actor-critic.
     Rl(super::train_rl::RlArgs),
+    /// Train the face GAN (DCGAN-class, spectral norm) on a folder of 64x64 face PNGs.
+    Gan(super::train_gan::GanArgs),
 }
 
 /// Arguments of `train vae`.
@@ -105,6 +107,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Family::Cgan(a) => run_cgan(a),
         Family::Detect(a) => super::train_detect::run_detect(a),
         Family::Rl(a) => super::train_rl::run_rl(a),
+        Family::Gan(a) => super::train_gan::run_gan(a),
     }
 }
 

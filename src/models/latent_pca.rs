@@ -96,7 +96,12 @@ impl LatentPca {
         out
     }
 
-    /// Saves as safetensors (`mean [d]`, `directions [d, d]` row-major, `sigmas [d]`).
+    /// Number of directions (`d` for a full PCA; fewer for GANSpace's top components).
+    pub fn count(&self) -> usize {
+        self.directions.len()
+    }
+
+    /// Saves as safetensors (`mean [d]`, `directions [k, d]` row-major, `sigmas [k]`).
     pub fn save(&self, path: &Path) -> VaeResult<()> {
         let d = self.dim();
         let dev = Device::Cpu;
@@ -108,11 +113,11 @@ impl LatentPca {
         );
         map.insert(
             "directions".to_owned(),
-            Tensor::from_vec(dirs, (d, d), &dev)?,
+            Tensor::from_vec(dirs, (self.count(), d), &dev)?,
         );
         map.insert(
             "sigmas".to_owned(),
-            Tensor::from_vec(self.sigmas.clone(), d, &dev)?,
+            Tensor::from_vec(self.sigmas.clone(), self.count(), &dev)?,
         );
         candle_core::safetensors::save(&map, path)?;
         Ok(())
@@ -128,7 +133,11 @@ impl LatentPca {
         let mean: Vec<f32> = get("mean")?.to_vec1()?;
         let directions: Vec<Vec<f32>> = get("directions")?.to_vec2()?;
         let sigmas: Vec<f32> = get("sigmas")?.to_vec1()?;
-        if directions.len() != mean.len() || sigmas.len() != mean.len() {
+        let d = mean.len();
+        if directions.len() > d
+            || sigmas.len() != directions.len()
+            || directions.iter().any(|v| v.len() != d)
+        {
             return Err(VaeError::Invalid(format!(
                 "{}: inconsistent PCA sizes",
                 path.display()
@@ -144,7 +153,7 @@ impl LatentPca {
 
 /// Eigenvalues and eigenvectors (columns of the returned row-major `d x d` matrix) of the
 /// symmetric matrix `a`, by cyclic Jacobi rotations.
-fn jacobi_eigen(mut a: Vec<f64>, d: usize) -> (Vec<f64>, Vec<f64>) {
+pub(crate) fn jacobi_eigen(mut a: Vec<f64>, d: usize) -> (Vec<f64>, Vec<f64>) {
     let mut v = vec![0.0f64; d * d];
     for i in 0..d {
         v[i * d + i] = 1.0;

@@ -3,6 +3,8 @@
 pub mod auto;
 pub mod cgan;
 pub mod cgan_inpaint;
+pub mod gan;
+pub mod gan_inpaint;
 pub mod conv;
 pub mod latent_pca;
 pub mod layers;

@@ -218,6 +218,17 @@ impl Registry {
                         .map_err(|e| format!("cannot load {id}: {e}")),
                 )
             }
+            "gan-faces" => {
+                let weights = self.weights_dir.join(format!("{id}.safetensors"));
+                if !weights.is_file() {
+                    return None;
+                }
+                Some(
+                    crate::models::gan_inpaint::GanInpaint::load(&self.weights_dir, "gan-faces")
+                        .map(|r| Arc::new(r) as Arc<dyn Restorer>)
+                        .map_err(|e| format!("cannot load {id}: {e}")),
+                )
+            }
             "rl-refine" => {
                 let weights = self.weights_dir.join(format!("{id}.safetensors"));
                 if !weights.is_file() {

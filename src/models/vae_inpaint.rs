@@ -47,7 +47,7 @@ fn fail(e: impl std::fmt::Display) -> RestoreError {
 
 /// Box-filtered resize of the crop's RGB to `s x s` planar `[3, s, s]`, plus the known fraction
 /// of each output pixel (`[s, s]`).
-fn to_model(image: &ImageF32, mask: &Mask, s: usize) -> (Vec<f32>, Vec<f32>) {
+pub(crate) fn to_model(image: &ImageF32, mask: &Mask, s: usize) -> (Vec<f32>, Vec<f32>) {
     let (w, h, c) = (image.width(), image.height(), image.channels());
     let mut rgb = vec![0.0f32; 3 * s * s];
     let mut known = vec![0.0f32; s * s];
@@ -101,7 +101,7 @@ fn to_model(image: &ImageF32, mask: &Mask, s: usize) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// Bilinear sample of a planar `[3, s, s]` image at crop pixel `(x, y)` of a `w x h` crop.
-fn sample(rgb: &[f32], s: usize, w: usize, h: usize, x: usize, y: usize, k: usize) -> f32 {
+pub(crate) fn sample(rgb: &[f32], s: usize, w: usize, h: usize, x: usize, y: usize, k: usize) -> f32 {
     let fx = ((x as f32 + 0.5) * s as f32 / w as f32 - 0.5).clamp(0.0, (s - 1) as f32);
     let fy = ((y as f32 + 0.5) * s as f32 / h as f32 - 0.5).clamp(0.0, (s - 1) as f32);
     let (x0, y0) = (fx.floor() as usize, fy.floor() as usize);
@@ -114,7 +114,7 @@ fn sample(rgb: &[f32], s: usize, w: usize, h: usize, x: usize, y: usize, k: usiz
 }
 
 /// The crop with its hole pixels replaced by the resized decode.
-fn blend(image: &ImageF32, mask: &Mask, decode: &[f32], s: usize) -> ImageF32 {
+pub(crate) fn blend(image: &ImageF32, mask: &Mask, decode: &[f32], s: usize) -> ImageF32 {
     let (w, h, c) = (image.width(), image.height(), image.channels());
     let mut out = image.clone();
     for y in 0..h {

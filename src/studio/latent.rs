@@ -437,7 +437,7 @@ impl LatentPanel {
     fn pca_dim(&self) -> usize {
         self.summary()
             .and_then(|s| s.pca.as_ref())
-            .map_or(0, |p| p.dim())
+            .map_or(0, |p| p.count())
     }
 
     // ----- the current point -----

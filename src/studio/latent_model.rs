@@ -18,7 +18,7 @@ use crate::models::latent_pca::LatentPca;
 use crate::models::vae::{seeded_normal, LoadedVae, VaeError};
 
 /// Model ids the latent explorer can open, in the order its picker lists them.
-pub const LATENT_MODELS: &[&str] = &["vae-faces"];
+pub const LATENT_MODELS: &[&str] = &["vae-faces", "gan-faces"];
 
 /// Why a latent model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,9 @@ pub enum LatentError {
     /// The VAE failed to load or run.
     #[error(transparent)]
     Vae(#[from] VaeError),
+    /// The GAN failed to load or run.
+    #[error(transparent)]
+    Gan(#[from] crate::models::gan::GanError),
     /// A tensor operation failed.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),
@@ -480,11 +483,125 @@ impl LatentModel for VaeLatent {
     }
 }
 
+/// The face GAN as a [`LatentModel`]: decodes with its (moving-average) generator, has no
+/// encoder, samples the N(0, I) prior, interpolates spherically, and offers GANSpace sliders
+/// (principal directions of the generator's early features, [`crate::models::gan::ganspace`],
+/// computed when the model loads: deterministic and well under a second).
+pub struct GanLatent {
+    id: String,
+    gan: crate::models::gan::LoadedGan,
+    pca: LatentPca,
+    dev: Device,
+}
+
+/// GANSpace components offered as sliders.
+pub const GANSPACE_COMPONENTS: usize = 12;
+/// Codes sampled to fit the GANSpace components.
+const GANSPACE_SAMPLES: usize = 2000;
+
+impl GanLatent {
+    /// Loads `<dir>/<id>.safetensors` with the sizes of `<dir>/<id>.json`.
+    pub fn load(dir: &Path, id: &str) -> Result<Self, LatentError> {
+        for file in [format!("{id}.safetensors"), format!("{id}.json")] {
+            let p = dir.join(&file);
+            if !p.is_file() {
+                return Err(LatentError::Missing(p.display().to_string()));
+            }
+        }
+        let (gan, _) = crate::models::gan::LoadedGan::load_model(dir, id, &Device::Cpu)?;
+        Self::new(id, gan)
+    }
+
+    /// Wraps a GAN (tests use tiny random ones) and fits its GANSpace sliders.
+    pub fn new(id: &str, gan: crate::models::gan::LoadedGan) -> Result<Self, LatentError> {
+        let pca = crate::models::gan::ganspace(&gan.g, GANSPACE_SAMPLES, GANSPACE_COMPONENTS, 0)?;
+        Ok(Self {
+            id: id.to_owned(),
+            gan,
+            pca,
+            dev: Device::Cpu,
+        })
+    }
+}
+
+impl LatentModel for GanLatent {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn latent_dim(&self) -> usize {
+        self.gan.g.config().latent
+    }
+
+    fn image_size(&self) -> usize {
+        self.gan.g.config().image_size
+    }
+
+    fn decode(&self, codes: &[Vec<f32>]) -> Result<Vec<ImageF32>, LatentError> {
+        if codes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (n, d, s) = (codes.len(), self.latent_dim(), self.image_size());
+        if let Some(c) = codes.iter().find(|c| c.len() != d || c.iter().any(|v| !v.is_finite())) {
+            return Err(LatentError::Invalid(format!(
+                "a code of length {} (finite: {}) for latent size {d}",
+                c.len(),
+                c.iter().all(|v| v.is_finite())
+            )));
+        }
+        let flat: Vec<f32> = codes.iter().flatten().copied().collect();
+        let z = Tensor::from_vec(flat, (n, d), &self.dev)?;
+        let planar: Vec<f32> = self.gan.g.forward(&z)?.flatten_all()?.to_vec1()?;
+        let plane = s * s;
+        Ok((0..n)
+            .map(|i| {
+                let img = &planar[i * 3 * plane..(i + 1) * 3 * plane];
+                ImageF32::from_fn(s, s, 3, |x, y, k| img[k * plane + y * s + x])
+            })
+            .collect())
+    }
+
+    fn encode(&self, _image: &ImageF32) -> Result<Option<Vec<f32>>, LatentError> {
+        Ok(None)
+    }
+
+    fn can_encode(&self) -> bool {
+        false
+    }
+
+    fn pca(&self) -> Option<&LatentPca> {
+        Some(&self.pca)
+    }
+
+    fn sample(&self, seed: u64, n: usize) -> Result<Vec<Vec<f32>>, LatentError> {
+        let mut rng = StdRng::seed_from_u64(seed);
+        Ok(seeded_normal(&mut rng, n, self.latent_dim(), &self.dev)?.to_vec2()?)
+    }
+
+    fn notice(&self) -> Option<String> {
+        Some(format!(
+            "GAN: no encoder (regions cannot be encoded; inpaint with the gan-faces model);              sliders are the top {GANSPACE_COMPONENTS} GANSpace directions"
+        ))
+    }
+
+    fn interpolation(&self) -> Interpolation {
+        Interpolation::Spherical
+    }
+
+    fn centre(&self) -> Vec<f32> {
+        vec![0.0; self.latent_dim()]
+    }
+
+    fn raw_sigmas(&self) -> Vec<f32> {
+        vec![1.0; self.latent_dim()]
+    }
+}
+
 /// Loads the latent model `id` from the weights folder `dir`.
 pub fn load_latent_model(dir: &Path, id: &str) -> Result<Box<dyn LatentModel>, LatentError> {
     match id {
         id if id.starts_with("vae") => Ok(Box::new(VaeLatent::load(dir, id)?)),
-        // "gan-faces" => Ok(Box::new(GanLatent::load(dir, id)?)) once src/models/gan.rs exists.
+        id if id.starts_with("gan") => Ok(Box::new(GanLatent::load(dir, id)?)),
         other => Err(LatentError::Unsupported(other.to_owned())),
     }
 }

@@ -4,6 +4,7 @@
 pub mod cgan;
 pub mod damage_synth;
 pub mod detect;
+pub mod gan;
 pub mod rl;
 pub mod vae;
 
@@ -317,6 +318,13 @@ impl AdamW {
         })
     }
 
+    /// The same optimiser with moment decays `beta1`, `beta2` (GANs use beta1 = 0.5).
+    pub fn with_betas(mut self, beta1: f64, beta2: f64) -> Self {
+        self.beta1 = beta1;
+        self.beta2 = beta2;
+        self
+    }
+
     /// Steps taken.
     pub fn steps(&self) -> u64 {
         self.t
@@ -336,8 +344,12 @@ impl AdamW {
         let bc2 = 1.0 - self.beta2.powi(t);
         for (i, (_, var)) in self.vars.iter().enumerate() {
             let Some(g) = grads.get(var) else { continue };
-            let m = ((&self.m[i] * self.beta1)? + (g * (1.0 - self.beta1))?)?;
-            let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?;
+            // A gradient summed from several paths (e.g. a spectrally normalised weight, which
+            // reaches the loss through both the layer and its sigma) can still carry its
+            // graph; detached, the moments cannot keep every step's activations alive.
+            let g = g.detach();
+            let m = ((&self.m[i] * self.beta1)? + (&g * (1.0 - self.beta1))?)?.detach();
+            let v = ((&self.v[i] * self.beta2)? + (g.sqr()? * (1.0 - self.beta2))?)?.detach();
             let mhat = (&m / bc1)?;
             let vhat = (&v / bc2)?;
             let update = (mhat / (vhat.sqrt()? + self.eps)?)?;
