@@ -486,3 +486,55 @@ fn the_shipped_face_vae_opens_and_decodes_faces() {
         ) > 0.02
     );
 }
+
+#[test]
+fn the_gan_opens_with_ganspace_sliders_and_no_encoder() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut app = app_with(dir.path(), test_image(64, 64));
+    let cfg = kintsugi::models::gan::GanConfig {
+        image_size: 16,
+        latent: 8,
+        g_base: 2,
+        d_base: 2,
+    };
+    let gan = kintsugi::models::gan::LoadedGan::fresh(cfg, 5, &Device::Cpu).expect("gan");
+    let model = kintsugi::studio::latent_model::GanLatent::new("gan-tiny", gan).expect("wrap");
+    app.latent_mut().use_model(Box::new(model));
+    app.latent_mut().set_open(true);
+    let mut h = harness(app);
+    settle(&mut h);
+    assert!(h.state().latent().ready(), "the tiny GAN did not load");
+    // One slider per GANSpace component (capped by the latent size), and they move the decode.
+    assert_eq!(h.state().latent().pca_len(), 8);
+    assert!(h.state_mut().latent_mut().pick_sample(1));
+    settle(&mut h);
+    let before = h.state().latent().current_image().expect("decode").clone();
+    h.get_by_role_and_label(Role::Slider, "PC 1")
+        .set_value_accesskit(3.0);
+    settle(&mut h);
+    let moved = h.state().latent().current_image().expect("decode").clone();
+    assert!(
+        max_diff(&before, &moved) > 1e-4,
+        "GANSpace slider did nothing"
+    );
+    // No encoder: encoding is refused with a reason, nothing else changes.
+    let err = h
+        .state_mut()
+        .latent_encode()
+        .expect_err("a GAN cannot encode");
+    assert!(err.contains("has no encoder"), "{err}");
+    // The interpolation strip runs spherically between two samples; its ends are the samples.
+    assert!(h.state_mut().latent_mut().pick_end(0, false));
+    assert!(h.state_mut().latent_mut().pick_end(3, true));
+    assert!(h
+        .state_mut()
+        .latent_mut()
+        .interpolate(5, Interpolation::Spherical));
+    settle(&mut h);
+    let strip = h.state().latent().strip_images();
+    assert_eq!(strip.len(), 5);
+    let cells = grid(&h);
+    let first = strip[0].expect("strip decoded");
+    let last = strip[4].expect("strip decoded");
+    assert!(max_diff(first, &cells[0]) < 1e-5 && max_diff(last, &cells[3]) < 1e-5);
+}

@@ -26,7 +26,8 @@ pub struct Args {
     /// Folder of clean images.
     #[arg(long)]
     pub images: PathBuf,
-    /// Folder of masks (white = hole), or `synthetic:scratch` / `synthetic:dust`.
+    /// Folder of masks (white = hole), or `synthetic:scratch` / `synthetic:dust` /
+    /// `synthetic:block` (a central square of half the shorter side).
     #[arg(long)]
     pub masks: String,
     /// Restorer to score.

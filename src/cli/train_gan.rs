@@ -12,7 +12,8 @@ use super::train::{command_line, default_runs_dir};
 use crate::models::gan::{GanConfig, GanLoss, GanManifest, LoadedGan};
 use crate::models::vae::{LoadedVae, VaeManifest};
 use crate::train::gan::{
-    evaluate, grid_path, log_losses, param_counts, GanStepStats, GanTrainConfig, GanTrainer,
+    evaluate, grid_path, log_losses, param_counts, EvalSpec, GanStepStats, GanTrainConfig,
+    GanTrainer,
 };
 use crate::train::vae::with_ext;
 use crate::train::{mix, save_grid, ImageSet};
@@ -135,10 +136,23 @@ pub fn run_gan(a: GanArgs) -> anyhow::Result<()> {
         train.len(),
         val.len()
     );
-    let runs = a.runs.clone().unwrap_or_else(|| default_runs_dir(&a.out, "gan"));
+    let runs = a
+        .runs
+        .clone()
+        .unwrap_or_else(|| default_runs_dir(&a.out, "gan"));
+    // The held-out file names, so evaluations (inversion inpainting) use exactly this split.
+    std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
+    let val_list = runs.join("val_files.txt");
+    let names: Vec<&str> = (0..val.len()).map(|i| val.name(i)).collect();
+    std::fs::write(&val_list, names.join("\n") + "\n")
+        .with_context(|| format!("writing {}", val_list.display()))?;
     let vae_json = with_ext(&a.vae, "json");
-    let vae_manifest = VaeManifest::read(&vae_json)
-        .with_context(|| format!("the Fréchet distance needs the face VAE ({})", vae_json.display()))?;
+    let vae_manifest = VaeManifest::read(&vae_json).with_context(|| {
+        format!(
+            "the Fréchet distance needs the face VAE ({})",
+            vae_json.display()
+        )
+    })?;
     let vae = LoadedVae::load(vae_manifest.config, &with_ext(&a.vae, "safetensors"), &dev)?;
     let data_desc = format!(
         "{} ({} faces; {} train, {} held out by a shuffle seeded with {}; random horizontal \
@@ -161,7 +175,11 @@ pub fn run_gan(a: GanArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if a.resume && trainer.resume(&runs)? {
-        eprintln!("resumed at step {} from {}", trainer.steps(), runs.display());
+        eprintln!(
+            "resumed at step {} from {}",
+            trainer.steps(),
+            runs.display()
+        );
     }
     trainer.push_command(command_line());
     let bar = super::progress::step_bar(a.steps, "train gan", a.quiet);
@@ -191,7 +209,11 @@ pub fn run_gan(a: GanArgs) -> anyhow::Result<()> {
         if (a.sample_every > 0 && s.step % a.sample_every == 0) || out_of_time {
             log_losses(&runs, &pending)?;
             pending.clear();
-            save_grid(&trainer.samples(grid_seed, 64)?, 8, &grid_path(&runs, s.step))?;
+            save_grid(
+                &trainer.samples(grid_seed, 64)?,
+                8,
+                &grid_path(&runs, s.step),
+            )?;
             trainer.save_checkpoint(&runs)?;
         }
         if out_of_time {
@@ -260,9 +282,26 @@ fn measure(
     dev: &Device,
 ) -> anyhow::Result<crate::models::gan::GanMetrics> {
     // The VAE's own samples for comparison, from its prior (the same count).
-    let z = crate::models::gan::codes_for_seed(mix(seed, 0xAE), n.min(val.len()), vae.vae.config().latent, dev)?;
+    let z = crate::models::gan::codes_for_seed(
+        mix(seed, 0xAE),
+        n.min(val.len()),
+        vae.vae.config().latent,
+        dev,
+    )?;
     let vae_samples = vae.vae.decode(&z)?;
-    Ok(evaluate(&gan.g, &vae.vae, Some(&vae_samples), train, val, n, 64, seed)?)
+    let spec = EvalSpec {
+        fd_images: n,
+        nn_images: 64,
+        seed,
+    };
+    Ok(evaluate(
+        &gan.g,
+        &vae.vae,
+        Some(&vae_samples),
+        train,
+        val,
+        spec,
+    )?)
 }
 
 fn report(m: &GanManifest) {
@@ -314,7 +353,10 @@ fn curves_summary(path: &std::path::Path) -> Option<String> {
     Some(format!(
         "{}; {}; {}",
         part("first tenth", &rows[..tenth]),
-        part("middle tenth", &rows[mid.saturating_sub(tenth / 2)..(mid + tenth / 2).max(mid + 1)]),
+        part(
+            "middle tenth",
+            &rows[mid.saturating_sub(tenth / 2)..(mid + tenth / 2).max(mid + 1)]
+        ),
         part("last tenth", &rows[n - tenth..])
     ))
 }

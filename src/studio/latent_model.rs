@@ -542,7 +542,10 @@ impl LatentModel for GanLatent {
             return Ok(Vec::new());
         }
         let (n, d, s) = (codes.len(), self.latent_dim(), self.image_size());
-        if let Some(c) = codes.iter().find(|c| c.len() != d || c.iter().any(|v| !v.is_finite())) {
+        if let Some(c) = codes
+            .iter()
+            .find(|c| c.len() != d || c.iter().any(|v| !v.is_finite()))
+        {
             return Err(LatentError::Invalid(format!(
                 "a code of length {} (finite: {}) for latent size {d}",
                 c.len(),
@@ -717,6 +720,37 @@ mod tests {
         assert!(m.decode(&[vec![0.0; 5]]).is_err());
         assert!(m.encode(&ImageF32::new(8, 8, 3)).is_err());
         assert!(m.notice().is_none());
+    }
+
+    #[test]
+    fn gan_decodes_samples_and_offers_ganspace_sliders() {
+        let cfg = crate::models::gan::GanConfig {
+            image_size: 16,
+            latent: 8,
+            g_base: 2,
+            d_base: 2,
+        };
+        let gan = crate::models::gan::LoadedGan::fresh(cfg, 1, &Device::Cpu).unwrap();
+        let m = GanLatent::new("gan-test", gan).unwrap();
+        assert_eq!((m.latent_dim(), m.image_size()), (8, 16));
+        assert!(!m.can_encode());
+        assert!(m.encode(&ImageF32::new(16, 16, 3)).unwrap().is_none());
+        assert_eq!(m.interpolation(), Interpolation::Spherical);
+        let a = m.sample(5, 3).unwrap();
+        assert_eq!(a, m.sample(5, 3).unwrap());
+        assert_ne!(a, m.sample(6, 3).unwrap());
+        let imgs = m.decode(&a).unwrap();
+        assert_eq!(imgs.len(), 3);
+        assert!(imgs.iter().all(|i| i.width() == 16 && i.channels() == 3));
+        // Sliders: at most the latent size, each moving the decode.
+        let pca = m.pca().unwrap();
+        assert_eq!(pca.count(), 8.min(GANSPACE_COMPONENTS));
+        let moved = pca.offset(&a[0], &[2.0]);
+        let b = m.decode(&[moved]).unwrap();
+        assert_ne!(b[0].data(), imgs[0].data());
+        // Wrong code lengths are errors.
+        assert!(m.decode(&[vec![0.0; 7]]).is_err());
+        assert!(m.decode(&[vec![f32::NAN; 8]]).is_err());
     }
 
     #[test]

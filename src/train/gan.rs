@@ -292,10 +292,11 @@ impl GanTrainer {
             commands: self.commands.clone(),
         };
         let json = runs.join("checkpoint.json");
-        let text = serde_json::to_string_pretty(&state).map_err(|source| TrainError::Checkpoint {
-            path: json.clone(),
-            source,
-        })?;
+        let text =
+            serde_json::to_string_pretty(&state).map_err(|source| TrainError::Checkpoint {
+                path: json.clone(),
+                source,
+            })?;
         std::fs::write(&json, text).map_err(io_err(&json))
     }
 
@@ -537,20 +538,34 @@ pub fn nearest_neighbours(queries: &Tensor, set: &ImageSet) -> TrainResult<Vec<(
     Ok(best)
 }
 
+/// How many images the quality figures use, and the seed of the samples.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalSpec {
+    /// Samples and held-out faces for the Fréchet distance.
+    pub fd_images: usize,
+    /// Samples and held-out faces for the nearest-neighbour check.
+    pub nn_images: usize,
+    /// Seed of the samples.
+    pub seed: u64,
+}
+
 /// The manifest's quality figures: Fréchet distances on `vae`'s encoder features between
-/// `n` samples of `g` (seeded) and `n` held-out faces, the train-vs-held-out floor and,
-/// when `vae_samples` is given, the VAE's own samples; and the nearest-neighbour check on
-/// `nn` samples and `nn` held-out faces against the training set.
+/// `spec.fd_images` samples of `g` (seeded) and as many held-out faces, the train-vs-held-out
+/// floor and, when `vae_samples` is given, the VAE's own samples; and the nearest-neighbour
+/// check on `spec.nn_images` samples and held-out faces against the training set.
 pub fn evaluate(
     g: &Generator,
     vae: &Vae,
     vae_samples: Option<&Tensor>,
     train: &ImageSet,
     val: &ImageSet,
-    n: usize,
-    nn: usize,
-    seed: u64,
+    spec: EvalSpec,
 ) -> TrainResult<GanMetrics> {
+    let EvalSpec {
+        fd_images: n,
+        nn_images: nn,
+        seed,
+    } = spec;
     let dev = Device::Cpu;
     let n = n.min(val.len()).min(train.len());
     let latent = g.config().latent;
@@ -726,7 +741,10 @@ mod tests {
             .collect();
         assert!((frechet_distance(&x, &shifted) - 5.0).abs() < 1e-6);
         // Scaled by 2: covariance S -> 4S, so tr(S + 4S - 2 * 2S) = tr(S).
-        let scaled: Vec<Vec<f64>> = x.iter().map(|r| r.iter().map(|v| 2.0 * v).collect()).collect();
+        let scaled: Vec<Vec<f64>> = x
+            .iter()
+            .map(|r| r.iter().map(|v| 2.0 * v).collect())
+            .collect();
         let (m, s) = moments(&x);
         let tr: f64 = (0..3).map(|i| s[i * 3 + i]).sum();
         let mean_term: f64 = m.iter().map(|v| v * v).sum();
@@ -745,8 +763,8 @@ mod tests {
         assert_eq!(nn[1].0, 2);
         assert!(nn[1].1 < 1e-3, "{}", nn[1].1);
         // Another image is much farther.
-        let other = nearest_neighbours(&q, &ImageSet::from_rgb(16, &[vec![0u8; 768]]).unwrap())
-            .unwrap();
+        let other =
+            nearest_neighbours(&q, &ImageSet::from_rgb(16, &[vec![0u8; 768]]).unwrap()).unwrap();
         assert!(other[0].1 > 0.1);
     }
 }
