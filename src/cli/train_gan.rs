@@ -135,10 +135,17 @@ pub fn run_gan(a: GanArgs) -> anyhow::Result<()> {
         train.len(),
         val.len()
     );
-    let runs = a.runs.clone().unwrap_or_else(|| default_runs_dir(&a.out, "gan"));
+    let runs = a
+        .runs
+        .clone()
+        .unwrap_or_else(|| default_runs_dir(&a.out, "gan"));
     let vae_json = with_ext(&a.vae, "json");
-    let vae_manifest = VaeManifest::read(&vae_json)
-        .with_context(|| format!("the Fréchet distance needs the face VAE ({})", vae_json.display()))?;
+    let vae_manifest = VaeManifest::read(&vae_json).with_context(|| {
+        format!(
+            "the Fréchet distance needs the face VAE ({})",
+            vae_json.display()
+        )
+    })?;
     let vae = LoadedVae::load(vae_manifest.config, &with_ext(&a.vae, "safetensors"), &dev)?;
     let data_desc = format!(
         "{} ({} faces; {} train, {} held out by a shuffle seeded with {}; random horizontal \
@@ -161,7 +168,11 @@ pub fn run_gan(a: GanArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     if a.resume && trainer.resume(&runs)? {
-        eprintln!("resumed at step {} from {}", trainer.steps(), runs.display());
+        eprintln!(
+            "resumed at step {} from {}",
+            trainer.steps(),
+            runs.display()
+        );
     }
     trainer.push_command(command_line());
     let bar = super::progress::step_bar(a.steps, "train gan", a.quiet);
@@ -191,7 +202,11 @@ pub fn run_gan(a: GanArgs) -> anyhow::Result<()> {
         if (a.sample_every > 0 && s.step % a.sample_every == 0) || out_of_time {
             log_losses(&runs, &pending)?;
             pending.clear();
-            save_grid(&trainer.samples(grid_seed, 64)?, 8, &grid_path(&runs, s.step))?;
+            save_grid(
+                &trainer.samples(grid_seed, 64)?,
+                8,
+                &grid_path(&runs, s.step),
+            )?;
             trainer.save_checkpoint(&runs)?;
         }
         if out_of_time {
@@ -260,9 +275,23 @@ fn measure(
     dev: &Device,
 ) -> anyhow::Result<crate::models::gan::GanMetrics> {
     // The VAE's own samples for comparison, from its prior (the same count).
-    let z = crate::models::gan::codes_for_seed(mix(seed, 0xAE), n.min(val.len()), vae.vae.config().latent, dev)?;
+    let z = crate::models::gan::codes_for_seed(
+        mix(seed, 0xAE),
+        n.min(val.len()),
+        vae.vae.config().latent,
+        dev,
+    )?;
     let vae_samples = vae.vae.decode(&z)?;
-    Ok(evaluate(&gan.g, &vae.vae, Some(&vae_samples), train, val, n, 64, seed)?)
+    Ok(evaluate(
+        &gan.g,
+        &vae.vae,
+        Some(&vae_samples),
+        train,
+        val,
+        n,
+        64,
+        seed,
+    )?)
 }
 
 fn report(m: &GanManifest) {
@@ -314,7 +343,10 @@ fn curves_summary(path: &std::path::Path) -> Option<String> {
     Some(format!(
         "{}; {}; {}",
         part("first tenth", &rows[..tenth]),
-        part("middle tenth", &rows[mid.saturating_sub(tenth / 2)..(mid + tenth / 2).max(mid + 1)]),
+        part(
+            "middle tenth",
+            &rows[mid.saturating_sub(tenth / 2)..(mid + tenth / 2).max(mid + 1)]
+        ),
         part("last tenth", &rows[n - tenth..])
     ))
 }

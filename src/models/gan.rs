@@ -538,6 +538,9 @@ impl GanManifest {
     }
 }
 
+/// A network's trainable variables with their names, sorted by name.
+pub type NamedVars = Vec<(String, Var)>;
+
 /// A GAN with its two variable maps (kept apart so each optimiser sees only its own network).
 pub struct LoadedGan {
     /// The generator.
@@ -570,7 +573,7 @@ impl LoadedGan {
     }
 
     /// The generator's and discriminator's trainable variables, sorted by name.
-    pub fn vars(&self) -> GanResult<(Vec<(String, Var)>, Vec<(String, Var)>)> {
+    pub fn vars(&self) -> GanResult<(NamedVars, NamedVars)> {
         Ok((sorted_vars(&self.g_vars)?, sorted_vars(&self.d_vars)?))
     }
 
@@ -642,12 +645,11 @@ impl LoadedGan {
             });
         }
         cfg.validate()?;
-        let tensors = candle_core::safetensors::load(weights, dev).map_err(|e| {
-            GanError::Weights {
+        let tensors =
+            candle_core::safetensors::load(weights, dev).map_err(|e| GanError::Weights {
                 path: weights.to_owned(),
                 reason: format!("not a readable safetensors file ({e})"),
-            }
-        })?;
+            })?;
         let gan = Self::fresh(cfg, 0, dev)?;
         gan.set_from(&tensors, weights)?;
         Ok(gan)
@@ -775,7 +777,9 @@ fn orthonormal_columns(p: &Tensor) -> GanResult<Tensor> {
         out.push(v.iter().map(|a| a / norm).collect());
     }
     let flat: Vec<f32> = out.iter().flatten().map(|v| *v as f32).collect();
-    Ok(Tensor::from_vec(flat, (k, rows), &Device::Cpu)?.t()?.contiguous()?)
+    Ok(Tensor::from_vec(flat, (k, rows), &Device::Cpu)?
+        .t()?
+        .contiguous()?)
 }
 
 #[cfg(test)]
@@ -826,7 +830,11 @@ mod tests {
             lambda = y.iter().map(|v| v * v).sum::<f64>().sqrt();
             x = y.iter().map(|v| v / lambda).collect();
         }
-        assert!((lambda.sqrt() - 1.0).abs() < 1e-3, "sigma_max {}", lambda.sqrt());
+        assert!(
+            (lambda.sqrt() - 1.0).abs() < 1e-3,
+            "sigma_max {}",
+            lambda.sqrt()
+        );
     }
 
     #[test]

@@ -24,7 +24,9 @@ use super::cgan_inpaint::inward_distance;
 use super::gan::{codes_for_seed, softplus, GanError, LoadedGan};
 use super::vae_inpaint::{sample, to_model};
 use crate::imaging::{ImageF32, Mask, Rect};
-use crate::restore::{check_inputs, checkpoint, ParamSpec, Params, Reporter, RestoreError, Restorer};
+use crate::restore::{
+    check_inputs, checkpoint, ParamSpec, Params, Reporter, RestoreError, Restorer,
+};
 
 /// Width over which the seam correction fades out, in crop pixels.
 const FEATHER: f32 = 4.0;
@@ -259,7 +261,8 @@ impl Restorer for GanInpaint {
                 .and_then(|u| u * lr)
                 .map_err(fail)?;
             let next = (z.as_tensor() - step).map_err(fail)?;
-            z.set(&project(&next, radius).map_err(fail)?).map_err(fail)?;
+            z.set(&project(&next, radius).map_err(fail)?)
+                .map_err(fail)?;
             // The best code of this iteration (by its contextual loss) is the preview.
             let losses: Vec<f32> = ctx.to_vec1().map_err(fail)?;
             let best = losses

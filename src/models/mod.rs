@@ -3,9 +3,9 @@
 pub mod auto;
 pub mod cgan;
 pub mod cgan_inpaint;
+pub mod conv;
 pub mod gan;
 pub mod gan_inpaint;
-pub mod conv;
 pub mod latent_pca;
 pub mod layers;
 pub mod registry;

@@ -101,7 +101,15 @@ pub(crate) fn to_model(image: &ImageF32, mask: &Mask, s: usize) -> (Vec<f32>, Ve
 }
 
 /// Bilinear sample of a planar `[3, s, s]` image at crop pixel `(x, y)` of a `w x h` crop.
-pub(crate) fn sample(rgb: &[f32], s: usize, w: usize, h: usize, x: usize, y: usize, k: usize) -> f32 {
+pub(crate) fn sample(
+    rgb: &[f32],
+    s: usize,
+    w: usize,
+    h: usize,
+    x: usize,
+    y: usize,
+    k: usize,
+) -> f32 {
     let fx = ((x as f32 + 0.5) * s as f32 / w as f32 - 0.5).clamp(0.0, (s - 1) as f32);
     let fy = ((y as f32 + 0.5) * s as f32 / h as f32 - 0.5).clamp(0.0, (s - 1) as f32);
     let (x0, y0) = (fx.floor() as usize, fy.floor() as usize);

@@ -542,7 +542,10 @@ impl LatentModel for GanLatent {
             return Ok(Vec::new());
         }
         let (n, d, s) = (codes.len(), self.latent_dim(), self.image_size());
-        if let Some(c) = codes.iter().find(|c| c.len() != d || c.iter().any(|v| !v.is_finite())) {
+        if let Some(c) = codes
+            .iter()
+            .find(|c| c.len() != d || c.iter().any(|v| !v.is_finite()))
+        {
             return Err(LatentError::Invalid(format!(
                 "a code of length {} (finite: {}) for latent size {d}",
                 c.len(),
