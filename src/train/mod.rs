@@ -72,6 +72,17 @@ impl ImageSet {
     /// Reads every `.png` of `dir` (sorted by name); each must be `size x size`. RGBA and grey
     /// images are converted to RGB.
     pub fn load_dir(dir: &Path, size: usize) -> TrainResult<Self> {
+        Self::load_dir_with(dir, size, |_, _| true)
+    }
+
+    /// [`ImageSet::load_dir`] that reports as it goes: `progress(done, total)` is called before
+    /// each image, and returning false stops with [`TrainError::Stopped`] (the studio's live
+    /// training view loads on its worker and must answer Stop while it reads).
+    pub fn load_dir_with(
+        dir: &Path,
+        size: usize,
+        mut progress: impl FnMut(usize, usize) -> bool,
+    ) -> TrainResult<Self> {
         let entries = std::fs::read_dir(dir).map_err(|source| TrainError::Io {
             path: dir.to_owned(),
             source,
@@ -92,7 +103,10 @@ impl ImageSet {
             data: Vec::with_capacity(paths.len() * 3 * size * size),
             names: Vec::with_capacity(paths.len()),
         };
-        for path in &paths {
+        for (done, path) in paths.iter().enumerate() {
+            if !progress(done, paths.len()) {
+                return Err(TrainError::Stopped);
+            }
             let img = image::open(path)
                 .map_err(|source| TrainError::Image {
                     path: path.clone(),
