@@ -445,3 +445,33 @@ pub fn save_grid(images: &Tensor, cols: usize, path: &Path) -> TrainResult<()> {
         source,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_dir_with_reports_each_image_and_stops_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        for k in 0..3u8 {
+            image::RgbImage::from_pixel(4, 4, image::Rgb([k * 80, 10, 200]))
+                .save(dir.path().join(format!("{k}.png")))
+                .unwrap();
+        }
+        let mut calls = Vec::new();
+        let set = ImageSet::load_dir_with(dir.path(), 4, |done, total| {
+            calls.push((done, total));
+            true
+        })
+        .unwrap();
+        assert_eq!(set.len(), 3);
+        assert_eq!(calls, [(0, 3), (1, 3), (2, 3)]);
+        let mut calls = 0;
+        let stopped = ImageSet::load_dir_with(dir.path(), 4, |done, _| {
+            calls += 1;
+            done < 1
+        });
+        assert!(matches!(stopped, Err(TrainError::Stopped)));
+        assert_eq!(calls, 2);
+    }
+}
