@@ -109,6 +109,8 @@ pub struct StudioApp {
     pub(super) pending: Option<Pending>,
     pub(super) allow_close: bool,
     pub(super) loading: Option<(PathBuf, Receiver<Result<LoadedImage, String>>)>,
+    /// The live GAN training view (G).
+    pub(super) gan_train: super::gan_train::GanTrainPanel,
     /// The "Detect damage" tool: running detection and its proposal layer.
     pub(super) detect: super::detect::DetectTool,
     /// The latent explorer window (L).
@@ -140,6 +142,7 @@ impl StudioApp {
     pub fn new(image: Option<(ImageF32, BitDepth, Option<PathBuf>)>, config: EngineConfig) -> Self {
         let registry = config.registry.clone();
         let models = registry.list();
+        let gan_train = super::gan_train::GanTrainPanel::new(registry.weights_dir().to_owned());
         let latent = super::latent::LatentPanel::new(registry.weights_dir().to_owned());
         let mut app = Self {
             doc: None,
@@ -162,6 +165,7 @@ impl StudioApp {
             pending: None,
             allow_close: false,
             loading: None,
+            gan_train,
             detect: Default::default(),
             latent,
         };
@@ -738,6 +742,7 @@ impl StudioApp {
         if self.finish_stroke_if_released(&ctx) && self.auto_run {
             self.run_job();
         }
+        self.gan_train_window(&ctx);
         self.latent_window(&ctx);
         self.help_overlay(&ctx);
         self.close_prompt(&ctx);

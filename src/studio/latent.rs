@@ -1225,10 +1225,12 @@ impl LatentPanel {
             ui.label("x");
             changed |= ui
                 .add(egui::DragValue::new(&mut r.x).range(0..=d.width.saturating_sub(1)))
+                .on_hover_text("Left edge of the square, in image pixels")
                 .changed();
             ui.label("y");
             changed |= ui
                 .add(egui::DragValue::new(&mut r.y).range(0..=d.height.saturating_sub(1)))
+                .on_hover_text("Top edge of the square, in image pixels")
                 .changed();
             ui.label("size");
             changed |= ui

@@ -10,6 +10,8 @@
 //!   sensitivity and dilation sliders, accepted into the mask as one undo step
 //! - [`latent`]: the latent explorer window (samples, PCA sliders, interpolation, encode),
 //!   driving a [`latent_model::LatentModel`] on its own worker ([`latent_worker`])
+//! - [`gan_train`]: the live GAN training view (loss curves and a fixed-seed sample grid as it
+//!   learns), training on its own worker ([`gan_train_worker`])
 //! - [`demo`]: the built-in damaged photo shown on a first launch
 //!
 //! The studio contains no restoration logic: every repair is a job for the
@@ -20,6 +22,8 @@ pub mod canvas;
 pub mod demo;
 pub mod detect;
 pub mod document;
+pub mod gan_train;
+pub mod gan_train_worker;
 pub mod latent;
 pub mod latent_model;
 pub mod latent_worker;

@@ -89,6 +89,14 @@ impl StudioApp {
                     self.canvas.split = split.then_some(0.5);
                 }
                 ui.with_layout(egui::Layout::right_to_left(egui::Align::Center), |ui| {
+                    let mut gan = self.gan_train.is_open();
+                    if ui
+                        .toggle_value(&mut gan, "GAN training (G)")
+                        .on_hover_text("Train the face GAN live: loss curves and samples as it learns")
+                        .changed()
+                    {
+                        self.gan_train.set_open(gan);
+                    }
                     let mut latent = self.latent.is_open();
                     if ui
                         .toggle_value(&mut latent, "Latent explorer (L)")

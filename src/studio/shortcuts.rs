@@ -19,6 +19,7 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
     ("Wheel", "Zoom around the pointer"),
     ("Ctrl+0 / Ctrl+1", "Fit / 100%"),
     ("Space+drag, middle or right drag", "Pan"),
+    ("G", "Show or hide the live GAN training view"),
     ("L", "Show or hide the latent explorer"),
     ("F1", "Show or hide this list"),
 ];
@@ -61,6 +62,9 @@ impl StudioApp {
         };
         if f1 {
             self.show_help = !self.show_help;
+        }
+        if !typing && ctx.input_mut(|i| i.consume_key(Modifiers::NONE, Key::G)) {
+            self.toggle_gan_train();
         }
         if !typing && ctx.input_mut(|i| i.consume_key(Modifiers::NONE, Key::L)) {
             self.toggle_latent();

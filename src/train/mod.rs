@@ -72,6 +72,17 @@ impl ImageSet {
     /// Reads every `.png` of `dir` (sorted by name); each must be `size x size`. RGBA and grey
     /// images are converted to RGB.
     pub fn load_dir(dir: &Path, size: usize) -> TrainResult<Self> {
+        Self::load_dir_with(dir, size, |_, _| true)
+    }
+
+    /// [`ImageSet::load_dir`] that reports as it goes: `progress(done, total)` is called before
+    /// each image, and returning false stops with [`TrainError::Stopped`] (the studio's live
+    /// training view loads on its worker and must answer Stop while it reads).
+    pub fn load_dir_with(
+        dir: &Path,
+        size: usize,
+        mut progress: impl FnMut(usize, usize) -> bool,
+    ) -> TrainResult<Self> {
         let entries = std::fs::read_dir(dir).map_err(|source| TrainError::Io {
             path: dir.to_owned(),
             source,
@@ -92,7 +103,10 @@ impl ImageSet {
             data: Vec::with_capacity(paths.len() * 3 * size * size),
             names: Vec::with_capacity(paths.len()),
         };
-        for path in &paths {
+        for (done, path) in paths.iter().enumerate() {
+            if !progress(done, paths.len()) {
+                return Err(TrainError::Stopped);
+            }
             let img = image::open(path)
                 .map_err(|source| TrainError::Image {
                     path: path.clone(),
@@ -430,4 +444,34 @@ pub fn save_grid(images: &Tensor, cols: usize, path: &Path) -> TrainResult<()> {
         path: path.to_owned(),
         source,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_dir_with_reports_each_image_and_stops_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        for k in 0..3u8 {
+            image::RgbImage::from_pixel(4, 4, image::Rgb([k * 80, 10, 200]))
+                .save(dir.path().join(format!("{k}.png")))
+                .unwrap();
+        }
+        let mut calls = Vec::new();
+        let set = ImageSet::load_dir_with(dir.path(), 4, |done, total| {
+            calls.push((done, total));
+            true
+        })
+        .unwrap();
+        assert_eq!(set.len(), 3);
+        assert_eq!(calls, [(0, 3), (1, 3), (2, 3)]);
+        let mut calls = 0;
+        let stopped = ImageSet::load_dir_with(dir.path(), 4, |done, _| {
+            calls += 1;
+            done < 1
+        });
+        assert!(matches!(stopped, Err(TrainError::Stopped)));
+        assert_eq!(calls, 2);
+    }
 }
