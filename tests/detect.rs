@@ -100,9 +100,9 @@ fn learned_finds_painted_specks_and_a_scratch() {
     let (img, truth) = damaged(280, 200);
     let p = probs(&det, &img, 512);
     // The shipped default (sensitivity 0.5) is calibrated for the clean-photo false-positive
-    // budget and finds only about 40% of these pixels (measured); at 0.8 the net finds most of
-    // the damage while staying precise.
-    let c = Counts::of(&p.threshold(0.8), &truth);
+    // budget and finds about 40% of these pixels (63% after the default 2 px growth; measured);
+    // at 0.9 the net finds most of the damage (85% measured) while staying precise (87%).
+    let c = Counts::of(&p.threshold(0.9), &truth);
     assert!(c.recall() > 0.8, "recall {:.3} ({c:?})", c.recall());
     assert!(
         c.precision() > 0.7,

@@ -467,11 +467,16 @@ pub struct DetectTrainConfig {
     pub command: String,
 }
 
-/// Clean-pixel false-positive budget of the calibration (the target is 0.1%).
-pub const CAL_MAX_FP: f64 = 0.0008;
+/// Clean-pixel false-positive budget of the calibration on training photos. The target
+/// is 0.1% on the held-out photos; a budget of 0.08% on 48 crops of 192 px still gave 0.108%
+/// there, so the budget keeps a margin and is counted on more pixels.
+pub const CAL_MAX_FP: f64 = 0.0006;
 
-/// Untouched 192 px training crops the calibration counts false positives on.
-pub const CAL_CLEAN_CROPS: usize = 48;
+/// Untouched training crops the calibration counts false positives on.
+pub const CAL_CLEAN_CROPS: usize = 160;
+
+/// Side of those crops.
+pub const CAL_CLEAN_SIDE: usize = 256;
 
 /// Resume state stored beside the checkpoint tensors.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -596,8 +601,8 @@ pub fn calibrate(
         .iter()
         .map(|i| det.logits(i).map_err(det_err))
         .collect::<TrainResult<_>>()?;
-    for k in 0..=64 {
-        let off = -4.0 + 0.25 * k as f32;
+    for k in 0..=128 {
+        let off = -4.0 + 0.125 * k as f32;
         let mut c = Counts::default();
         for (z, s) in logits_d.iter().zip(damaged) {
             for (&v, &t) in z.iter().zip(s.mask.data()) {
@@ -778,7 +783,7 @@ pub fn train_detect(
     let mut cal_clean = Vec::new();
     let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0xc1ea);
     for _ in 0..CAL_CLEAN_CROPS {
-        cal_clean.push(source.crop(&mut rng, 192)?);
+        cal_clean.push(source.crop(&mut rng, CAL_CLEAN_SIDE)?);
     }
     let params = net.param_count();
     let (offset, _, net) = calibrate(net, &cal_damaged, &cal_clean, CAL_MAX_FP)?;
@@ -803,7 +808,7 @@ pub fn train_detect(
         "input": "any size RGB or grey; tiled 1024 px + 64 px halo, 8-aligned (exact)",
         "output": "per-pixel damage probability sigmoid(logit - logit_offset)",
         "logit_offset": offset,
-        "logit_offset_how": format!("best F1 on 64 damaged 128 px training crops among offsets (step 0.25) that flag at most {}% of {} untouched 192 px training crops", 100.0 * CAL_MAX_FP, CAL_CLEAN_CROPS),
+        "logit_offset_how": format!("best F1 on 64 damaged 128 px training crops among offsets (step 0.125) that flag at most {}% of {} untouched {} px training crops", 100.0 * CAL_MAX_FP, CAL_CLEAN_CROPS, CAL_CLEAN_SIDE),
         "ground_truth": format!("synthetic damage is the set of pixels whose colour the composited damage changed by more than {VISIBLE_CHANGE} (max over channels, 0..1 scale, after the crop's tone, before grain), blur tails included; pixels changed by {FAINT_CHANGE} to {VISIBLE_CHANGE} carry no loss (ignored) and count as clean in the scores"),
         "data": cfg.data_desc,
         "data_license": cfg.data_license,
