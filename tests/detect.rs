@@ -100,9 +100,9 @@ fn learned_finds_painted_specks_and_a_scratch() {
     let (img, truth) = damaged(280, 200);
     let p = probs(&det, &img, 512);
     // The shipped default (sensitivity 0.5) is calibrated for the clean-photo false-positive
-    // budget and finds only about 40% of these pixels (measured); at 0.8 the net finds most of
-    // the damage while staying precise.
-    let c = Counts::of(&p.threshold(0.8), &truth);
+    // budget and finds about 40% of these pixels (63% after the default 2 px growth; measured);
+    // at 0.9 the net finds most of the damage (85% measured) while staying precise (87%).
+    let c = Counts::of(&p.threshold(0.9), &truth);
     assert!(c.recall() > 0.8, "recall {:.3} ({c:?})", c.recall());
     assert!(
         c.precision() > 0.7,
@@ -260,4 +260,79 @@ fn studio_proposal_is_separate_until_accepted_and_undoable() {
     assert!(c.recall() > 0.8, "accepted mask recall {:.3}", c.recall());
     app.undo();
     assert_eq!(app.document().map(|d| d.mask().count()), Some(0));
+}
+
+#[cfg(feature = "studio")]
+#[test]
+fn studio_d_detects_and_the_eraser_edits_the_proposal_before_accepting() {
+    use egui_kittest::Harness;
+    use kintsugi::engine::EngineConfig;
+    use kintsugi::imaging::BitDepth;
+    use kintsugi::studio::StudioApp;
+
+    let (img, _) = damaged(280, 200);
+    let app = StudioApp::new(
+        Some((img, BitDepth::U8, None)),
+        EngineConfig::with_threads(1),
+    );
+    let mut h = Harness::builder()
+        .with_size([1100.0, 720.0])
+        .build_ui_state(|ui, app: &mut StudioApp| app.ui(ui), app);
+    h.step();
+    h.key_press(egui::Key::D);
+    h.step();
+    assert!(h.state_mut().wait_for_detect(), "D did not detect");
+    h.state_mut().set_detect_sensitivity(0.8);
+    // Let the panel lay out the proposal's controls before taking screen positions.
+    h.step();
+    h.step();
+    let before = h
+        .state()
+        .detect_proposal()
+        .cloned()
+        .unwrap_or_else(|| Mask::new(1, 1));
+    // The scratch runs along x = 120 + y / 12; erase its upper half from the proposal.
+    let on_scratch = (20..100).filter(|&y| before.get(120 + y / 12, y)).count();
+    assert!(
+        on_scratch > 40,
+        "scratch barely proposed ({on_scratch} rows)"
+    );
+    h.key_press(egui::Key::E);
+    h.state_mut().set_brush_size(12.0);
+    let points: Vec<egui::Pos2> = (0..=8)
+        .map(|k| {
+            let y = 20.0 + 10.0 * k as f32;
+            h.state().screen_pos_of(120.5 + y / 12.0, y)
+        })
+        .collect();
+    h.hover_at(points[0]);
+    h.drag_at(points[0]);
+    for p in &points[1..] {
+        h.hover_at(*p);
+    }
+    h.drop_at(points[8]);
+    h.step();
+    let edited = |app: &StudioApp| {
+        let m = app
+            .detect_proposal()
+            .cloned()
+            .unwrap_or_else(|| Mask::new(1, 1));
+        (30..90).filter(|&y| m.get(120 + y / 12, y)).count()
+    };
+    assert_eq!(edited(h.state()), 0, "the eraser left the proposal intact");
+    // The edit survives a sensitivity change, and the accepted mask is the edited proposal.
+    h.state_mut().set_detect_sensitivity(0.9);
+    assert_eq!(edited(h.state()), 0, "re-thresholding undid the edit");
+    let proposal = h.state().detect_proposal().cloned();
+    assert!(h.state_mut().accept_proposal());
+    let mask = h.state().document().map(|d| (**d.mask()).clone());
+    assert_eq!(mask, proposal);
+    // The lower half of the scratch, not erased, is still in the accepted mask.
+    let kept = mask.map_or(0, |m| {
+        (130..180).filter(|&y| m.get(120 + y / 12, y)).count()
+    });
+    assert!(
+        kept > 25,
+        "only {kept} rows of the untouched scratch accepted"
+    );
 }

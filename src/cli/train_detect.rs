@@ -56,6 +56,10 @@ pub struct DetectArgs {
     /// Continue from the checkpoint in the runs folder.
     #[arg(long)]
     pub resume: bool,
+    /// Start from these weights (same --base) instead of a random initialisation (ignored when
+    /// a checkpoint is resumed).
+    #[arg(long)]
+    pub init: Option<PathBuf>,
     /// Seed of everything random.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
@@ -110,15 +114,18 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
         runs_dir: runs_dir.clone(),
         out: a.out.clone(),
         resume: a.resume,
+        init: a.init.clone(),
         max_seconds: a.max_minutes.map(|m| m * 60.0),
         data_desc: format!(
             "random {c}x{c} crops (random horizontal flips) of the {n} photos in {dirs:?} \
              (BSDS500 train+test); damage per crop with a fixed seed per step from \
-             train::detect::synth_sample: curved scratches, hairs, dust specks/blobs, rare brush \
-             strokes and {k} real film-damage artifact cut-outs ({art}, up to {p} per category) \
-             at random scale, rotation, opacity and light/dark colour, then varied opacity, tint \
-             and blur; 12% of crops undamaged; whole-crop grey/sepia tone, gamma/contrast and \
-             fine or clumped grain. Validation during training: 32 fixed damaged crops of {val}.",
+             train::detect::synth_sample_full: curved scratches, hairs, dust specks/blobs, rare \
+             brush strokes and {k} real film-damage artifact cut-outs ({art}, up to {p} per \
+             category) at 16-96 px (log-uniform), random rotation, opacity and light/dark \
+             colour, then varied opacity (x0.4-1), tint and blur (box r 1-2); 12% of crops \
+             undamaged; whole-crop grey/sepia tone, gamma/contrast, then fine or clumped grain. \
+             Labels: the visibly changed pixels (see ground_truth). Validation during training: \
+             32 fixed damaged crops of {val}.",
             c = a.crop,
             n = source.len(),
             k = bank.as_ref().map_or(0, |b| b.len()),

@@ -86,6 +86,72 @@ fn ratio(a: u64, b: u64) -> f64 {
     }
 }
 
+/// Scores with a spatial tolerance: a flagged pixel counts as right when damage lies within
+/// `r` pixels of it, and a damage pixel as found when something within `r` pixels of it is
+/// flagged (boundary-tolerant precision and recall, as used for thin-structure segmentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tolerant {
+    /// Flagged pixels.
+    pub flagged: u64,
+    /// Flagged pixels within `r` of damage.
+    pub flagged_near_damage: u64,
+    /// Damage pixels.
+    pub damage: u64,
+    /// Damage pixels within `r` of a flagged pixel.
+    pub damage_near_flagged: u64,
+}
+
+impl Tolerant {
+    /// Counts of `pred` against `truth` (same size) with tolerance `r` pixels.
+    pub fn of(pred: &Mask, truth: &Mask, r: usize) -> Self {
+        let (pd, td) = (pred.dilate(r), truth.dilate(r));
+        let mut c = Self::default();
+        for (((&p, &t), &pn), &tn) in pred
+            .data()
+            .iter()
+            .zip(truth.data())
+            .zip(pd.data())
+            .zip(td.data())
+        {
+            c.flagged += u64::from(p);
+            c.flagged_near_damage += u64::from(p && tn);
+            c.damage += u64::from(t);
+            c.damage_near_flagged += u64::from(t && pn);
+        }
+        c
+    }
+
+    /// Sum of two.
+    pub fn merged(self, o: Self) -> Self {
+        Self {
+            flagged: self.flagged + o.flagged,
+            flagged_near_damage: self.flagged_near_damage + o.flagged_near_damage,
+            damage: self.damage + o.damage,
+            damage_near_flagged: self.damage_near_flagged + o.damage_near_flagged,
+        }
+    }
+
+    /// Flagged pixels near damage (1 when nothing is flagged).
+    pub fn precision(&self) -> f64 {
+        ratio(self.flagged_near_damage, self.flagged)
+    }
+
+    /// Damage pixels near a flagged pixel (1 when there is no damage).
+    pub fn recall(&self) -> f64 {
+        ratio(self.damage_near_flagged, self.damage)
+    }
+
+    /// Harmonic mean of the tolerant precision and recall.
+    pub fn f1(&self) -> f64 {
+        let (p, r) = (self.precision(), self.recall());
+        if p + r == 0.0 {
+            0.0
+        } else {
+            2.0 * p * r / (p + r)
+        }
+    }
+}
+
 /// Counts at each of the 255 thresholds of an 8-bit probability map: entry `t - 1` counts the
 /// pixels with probability `>= t` as flagged (`t` in `1..=255`). Built from two histograms in
 /// one pass, so a calibration sweep costs no more than one evaluation.
@@ -160,5 +226,18 @@ mod tests {
         assert_eq!(s.at(100).tp, 2);
         assert_eq!(s.at(101).tp, 1);
         assert_eq!(s.at(50).fp, 1);
+    }
+
+    #[test]
+    fn tolerance_forgives_a_one_pixel_shift_only() {
+        // A vertical line at x = 3 predicted at x = 4: no exact overlap, all within 1 px.
+        let truth = Mask::from_fn(8, 4, |x, _| x == 3);
+        let pred = Mask::from_fn(8, 4, |x, _| x == 4);
+        assert_eq!(Counts::of(&pred, &truth).tp, 0);
+        let t = Tolerant::of(&pred, &truth, 1);
+        assert_eq!((t.precision(), t.recall()), (1.0, 1.0));
+        let far = Mask::from_fn(8, 4, |x, _| x == 6);
+        let t = Tolerant::of(&far, &truth, 1);
+        assert_eq!((t.precision(), t.recall(), t.f1()), (0.0, 0.0, 0.0));
     }
 }

@@ -3,7 +3,9 @@
 //! accepts it into the mask, where brush and eraser edit it like any stroke (one undo step).
 //!
 //! The detector's probability map is kept, so the sensitivity and dilation sliders re-threshold
-//! it live without running the detector again.
+//! it live without running the detector again. The proposal is editable before it is accepted:
+//! the eraser (E) removes false detections from it (those edits survive slider changes), and
+//! the brush adds missed damage to the mask directly. D starts a detection.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -13,9 +15,10 @@ use crossbeam_channel::Receiver;
 use egui::Color32;
 
 use super::app::StudioApp;
+use super::canvas::Tool;
 use super::textures::{LayerTextures, MaskSource};
 use crate::detect::{detect, detector_by_name, ProbMap, TileOptions};
-use crate::imaging::{ImageF32, Mask};
+use crate::imaging::{ImageF32, Mask, Rect};
 use crate::restore::Reporter;
 
 /// Colour of the proposal overlay: cyan, so it never reads as the accepted (magenta) mask.
@@ -37,6 +40,8 @@ struct DetectRun {
 struct Proposal {
     probs: Arc<ProbMap>,
     mask: Mask,
+    /// Pixels the user erased from the proposal; kept out whatever the sliders say.
+    erased: Mask,
     texture: LayerTextures,
     detector: &'static str,
     secs: f64,
@@ -51,6 +56,8 @@ pub struct DetectTool {
     run: Option<DetectRun>,
     proposal: Option<Proposal>,
     notice: Option<String>,
+    /// Last image point of the eraser stroke running over the proposal.
+    last_erase: Option<[f32; 2]>,
 }
 
 impl Default for DetectTool {
@@ -62,6 +69,7 @@ impl Default for DetectTool {
             run: None,
             proposal: None,
             notice: None,
+            last_erase: None,
         }
     }
 }
@@ -238,7 +246,121 @@ impl StudioApp {
         let (s, d) = (self.detect.sensitivity, self.detect.dilation);
         if let Some(p) = &mut self.detect.proposal {
             p.mask = p.probs.mask(s, d);
+            for (m, &e) in p.mask.data_mut().iter_mut().zip(p.erased.data()) {
+                *m &= !e;
+            }
             p.texture = LayerTextures::new("proposal", p.mask.width(), p.mask.height());
+        }
+    }
+
+    /// Erases the segment from `a` to `b` (image coordinates) with the given radius from the
+    /// proposal, before it is accepted. Returns whether the proposal changed.
+    pub fn erase_from_proposal(&mut self, a: [f32; 2], b: [f32; 2], radius: f32) -> bool {
+        let Some(p) = &mut self.detect.proposal else {
+            return false;
+        };
+        let (w, h) = (p.mask.width() as f32, p.mask.height() as f32);
+        let r = radius.max(0.5);
+        let x0 = (a[0].min(b[0]) - r).floor().max(0.0);
+        let y0 = (a[1].min(b[1]) - r).floor().max(0.0);
+        let x1 = (a[0].max(b[0]) + r).ceil().min(w);
+        let y1 = (a[1].max(b[1]) + r).ceil().min(h);
+        if x1 <= x0 || y1 <= y0 {
+            return false;
+        }
+        let rect = Rect {
+            x: x0 as usize,
+            y: y0 as usize,
+            width: (x1 - x0) as usize,
+            height: (y1 - y0) as usize,
+        };
+        let (dx, dy) = (b[0] - a[0], b[1] - a[1]);
+        let len2 = dx * dx + dy * dy;
+        let mut changed = false;
+        for y in rect.y..rect.bottom() {
+            for x in rect.x..rect.right() {
+                let (px, py) = (x as f32 + 0.5, y as f32 + 0.5);
+                // Distance from the pixel centre to the segment.
+                let t = if len2 > 0.0 {
+                    (((px - a[0]) * dx + (py - a[1]) * dy) / len2).clamp(0.0, 1.0)
+                } else {
+                    0.0
+                };
+                let (qx, qy) = (a[0] + t * dx - px, a[1] + t * dy - py);
+                if qx * qx + qy * qy <= r * r {
+                    p.erased.set(x, y, true);
+                    changed |= p.mask.get(x, y);
+                    p.mask.set(x, y, false);
+                }
+            }
+        }
+        if changed {
+            p.texture.update(&MaskSource(&p.mask, PROPOSAL), rect);
+        }
+        changed
+    }
+
+    /// While the eraser is dragged over the canvas, also erases from the proposal (the brush
+    /// keeps painting the mask itself). Mirrors the canvas's own painting: every pointer
+    /// position of the frame, joined by segments.
+    fn erase_proposal_from_input(&mut self, ui: &egui::Ui) {
+        let rect = self.canvas.rect;
+        let (down, space, mut points) = ui.input(|i| {
+            let points: Vec<egui::Pos2> = i
+                .events
+                .iter()
+                .filter_map(|e| match e {
+                    egui::Event::PointerMoved(p) => Some(*p),
+                    egui::Event::PointerButton {
+                        pos,
+                        button: egui::PointerButton::Primary,
+                        pressed: true,
+                        ..
+                    } => Some(*pos),
+                    _ => None,
+                })
+                .collect();
+            (
+                i.pointer.primary_down(),
+                i.key_down(egui::Key::Space),
+                points,
+            )
+        });
+        if points.is_empty() {
+            if let Some(p) = ui.input(|i| i.pointer.latest_pos()) {
+                points.push(p);
+            }
+        }
+        let started_inside =
+            self.detect.last_erase.is_some() || points.first().is_some_and(|p| rect.contains(*p));
+        let erasing = self.detect.proposal.is_some()
+            && self.canvas.tool == Tool::Eraser
+            && down
+            && !space
+            && !self.job_running()
+            && started_inside;
+        if !erasing {
+            self.detect.last_erase = None;
+            return;
+        }
+        let radius = self.canvas.brush * 0.5;
+        for p in points {
+            let q = self.screen_to_image(p);
+            let from = self.detect.last_erase.unwrap_or(q);
+            self.erase_from_proposal(from, q, radius);
+            self.detect.last_erase = Some(q);
+        }
+    }
+
+    /// The D shortcut: detect damage on the open scan (ignored while a text field has focus).
+    pub(super) fn detect_shortcut(&mut self, ctx: &egui::Context) {
+        if ctx.egui_wants_keyboard_input() {
+            return;
+        }
+        if ctx.input_mut(|i| i.consume_key(egui::Modifiers::NONE, egui::Key::D))
+            && self.doc.is_some()
+        {
+            self.start_detect(ctx);
         }
     }
 
@@ -250,9 +372,11 @@ impl StudioApp {
             Ok((probs, detector, secs)) => {
                 let mask = probs.mask(self.detect.sensitivity, self.detect.dilation);
                 let texture = LayerTextures::new("proposal", mask.width(), mask.height());
+                let erased = Mask::new(mask.width(), mask.height());
                 self.detect.proposal = Some(Proposal {
                     probs: Arc::new(probs),
                     mask,
+                    erased,
                     texture,
                     detector,
                     secs,
@@ -315,7 +439,8 @@ impl StudioApp {
         } else if ui
             .add_enabled(self.doc.is_some(), egui::Button::new("Detect damage"))
             .on_hover_text(
-                "Propose a mask of dust, scratches and hairs (shown in cyan until you accept it)",
+                "Propose a mask of dust, scratches and hairs (shown in cyan until you accept it); \
+                 shortcut D",
             )
             .clicked()
         {
@@ -350,6 +475,7 @@ impl StudioApp {
             self.detect.dilation = d;
             self.rethreshold();
         }
+        ui.small("Edit before accepting: the eraser (E) removes detections, the brush (B) adds to the mask.");
         ui.horizontal(|ui| {
             if ui
                 .button("Accept")
@@ -373,6 +499,7 @@ impl StudioApp {
         if self.job_running() {
             return;
         }
+        self.erase_proposal_from_input(ui);
         let Some(doc) = &self.doc else {
             return;
         };

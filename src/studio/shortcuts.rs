@@ -15,6 +15,7 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
     ("Ctrl+Shift+Z, Ctrl+Y", "Redo"),
     ("Enter", "Run the selected model on the mask"),
     ("Esc", "Cancel the running job"),
+    ("D", "Detect damage (a proposal to edit, then accept)"),
     ("Tab (hold)", "Show the original"),
     ("Wheel", "Zoom around the pointer"),
     ("Ctrl+0 / Ctrl+1", "Fit / 100%"),
@@ -66,6 +67,7 @@ impl StudioApp {
         if !typing && ctx.input_mut(|i| i.consume_key(Modifiers::NONE, Key::G)) {
             self.toggle_gan_train();
         }
+        self.detect_shortcut(ctx);
         if !typing && ctx.input_mut(|i| i.consume_key(Modifiers::NONE, Key::L)) {
             self.toggle_latent();
         }

@@ -300,6 +300,9 @@ pub struct DamageConfig {
     pub artifacts: f64,
     /// Largest hole fraction kept; strokes stop once it is reached.
     pub max_coverage: f64,
+    /// Size range in pixels (longer side, log-uniform) of the real artifacts; `None` scales
+    /// them to 0.3 to 1.3 times the crop side (large holes, as inpainting training wants).
+    pub artifact_px: Option<(f32, f32)>,
 }
 
 impl Default for DamageConfig {
@@ -311,6 +314,7 @@ impl Default for DamageConfig {
             dust: 0.4,
             artifacts: 0.6,
             max_coverage: 0.5,
+            artifact_px: None,
         }
     }
 }
@@ -321,10 +325,13 @@ fn coverage(layer: &Layer) -> f64 {
 }
 
 /// Composites one artifact onto `layer` with a random scale, rotation, opacity and colour.
-fn stamp_artifact(layer: &mut Layer, art: &Artifact, rng: &mut StdRng) {
+fn stamp_artifact(layer: &mut Layer, art: &Artifact, px: Option<(f32, f32)>, rng: &mut StdRng) {
     let side = layer.width.max(layer.height) as f32;
     // Target size of the artifact's longer side on the crop.
-    let target = side * rng.random_range(0.3..1.3);
+    let target = match px {
+        Some((lo, hi)) if lo > 0.0 && hi > lo => (rng.random_range(lo.ln()..hi.ln())).exp(),
+        _ => side * rng.random_range(0.3..1.3),
+    };
     let scale = target / art.width.max(art.height) as f32;
     let theta: f32 = rng.random_range(0.0..std::f32::consts::TAU);
     let (s, c) = theta.sin_cos();
@@ -431,7 +438,7 @@ pub fn synthesize(
         if rng.random_bool(cfg.artifacts) {
             for _ in 0..rng.random_range(1..=3) {
                 let art = &bank.items[rng.random_range(0..bank.items.len())];
-                stamp_artifact(&mut layer, art, &mut rng);
+                stamp_artifact(&mut layer, art, cfg.artifact_px, &mut rng);
                 if coverage(&layer) > cfg.max_coverage {
                     break;
                 }
@@ -500,6 +507,7 @@ mod tests {
             dust: 0.0,
             artifacts: 0.0,
             max_coverage: 0.5,
+            artifact_px: None,
         };
         for (i, cfg) in [
             DamageConfig { brush: 1.0, ..off },
@@ -559,6 +567,7 @@ mod tests {
             dust: 0.0,
             artifacts: 1.0,
             max_coverage: 0.9,
+            artifact_px: None,
         };
         let clean = grey(32, 32);
         let mut hit = 0;
