@@ -280,6 +280,9 @@ fn refine_changes_only_hole_pixels() {
         last_train: None,
         metrics: None,
         refine_metrics: None,
+        start: None,
+        holes: None,
+        init: None,
     };
     let agent = Agent::from_net(net, manifest, set);
     let img = ImageF32::from_fn(20, 14, 3, |x, y, c| {
@@ -300,4 +303,147 @@ fn refine_changes_only_hole_pixels() {
             }
         }
     }
+}
+
+/// A tiny untrained agent over `set` (random policy, but a fixed one: episodes are
+/// deterministic).
+fn tiny_agent(set: Vec<Action>, task: &str, seed: u64) -> kintsugi::rl::agent::Agent {
+    use kintsugi::rl::agent::{Agent, RlManifest};
+    let cfg = NetConfig {
+        channels: 4,
+        actions: set.len(),
+    };
+    let net = LoadedNet::fresh(cfg, seed, &Device::Cpu).unwrap();
+    // Sharpen the near-uniform fresh policy so the greedy choice varies from pixel to pixel.
+    for (name, var) in kintsugi::rl::net::named_vars(&net.varmap).unwrap() {
+        if name == "policy1.weight" {
+            var.set(&(var.as_tensor() * 30.0).unwrap()).unwrap();
+        }
+    }
+    let manifest = RlManifest {
+        id: "tiny".into(),
+        family: "rl".into(),
+        task: task.into(),
+        architecture: String::new(),
+        net: cfg,
+        params: net.param_count(),
+        actions: set.iter().map(|a| a.name().to_owned()).collect(),
+        a2c: A2cConfig::default(),
+        optimiser: String::new(),
+        data: String::new(),
+        data_license: String::new(),
+        crop: 16,
+        batch: 1,
+        updates: 0,
+        train_seconds: 0.0,
+        updates_per_sec: 0.0,
+        command: String::new(),
+        seed: 0,
+        last_train: None,
+        metrics: None,
+        refine_metrics: None,
+        start: None,
+        holes: None,
+        init: None,
+    };
+    Agent::from_net(net, manifest, set)
+}
+
+fn textured(w: usize, h: usize) -> Frame {
+    frame(w, h, |x, y, c| {
+        ((x as f32 * 0.4).sin() * (y as f32 * 0.3).cos() * 0.35 + 0.5 + 0.05 * c as f32)
+            .clamp(0.0, 1.0)
+    })
+}
+
+#[test]
+fn recorded_episode_replays_exactly_and_rewards_telescope() {
+    use kintsugi::rl::episode::{record_episode, replay};
+    let agent = tiny_agent(Action::DENOISE.to_vec(), "denoise", 3);
+    let clean = textured(24, 20);
+    let noisy = add_noise(&clean, 25.0, 5);
+    let mut seen = Vec::new();
+    let rec = record_episode(&agent, &noisy, None, Some(&clean), &mut |s| {
+        seen.push(s.step);
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        vec![1, 2, 3, 4, 5],
+        "every step is reported as it is made"
+    );
+    assert_eq!(rec.len(), 5);
+    assert_eq!(rec.frame(0), Some(&noisy));
+    // The policy really chooses per pixel: more than one action in the first map.
+    let first = &rec.steps[0].actions;
+    assert!(
+        first.iter().any(|&a| a != first[0]),
+        "one action everywhere"
+    );
+    // Replaying the recorded action maps gives every step's image bit for bit.
+    let maps: Vec<Vec<u8>> = rec.steps.iter().map(|s| s.actions.clone()).collect();
+    let frames = replay(&agent.set, &noisy, None, &maps);
+    assert_eq!(frames.len(), 6);
+    for (t, f) in frames.iter().enumerate() {
+        assert_eq!(Some(f), rec.frame(t), "step {t} differs from its replay");
+    }
+    // A step's PSNR before is the previous step's after, and the mean rewards telescope to
+    // the total decrease of squared error.
+    for pair in rec.steps.windows(2) {
+        assert_eq!(pair[0].stats.psnr_after, pair[1].stats.psnr_before);
+    }
+    let scale = f64::from(agent.manifest.a2c.reward_scale);
+    let expected = scale * (noisy.mse(&clean, None) - rec.steps[4].image.mse(&clean, None));
+    let total = rec.total_reward().unwrap();
+    assert!(
+        (total - expected).abs() < 1e-4 * expected.abs().max(1.0),
+        "{total} vs {expected}"
+    );
+    for s in &rec.steps {
+        let sum: f64 = s.stats.share.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-9, "shares sum to {sum}");
+        assert!(s.stats.mean_change >= 0.0);
+    }
+}
+
+#[test]
+fn recorded_refine_episode_acts_on_the_hole_and_stops_on_request() {
+    use kintsugi::rl::episode::record_episode;
+    let agent = tiny_agent(Action::ALL.to_vec(), "refine", 4);
+    let clean = textured(20, 16);
+    let hole: Vec<bool> = (0..20 * 16)
+        .map(|p| (6..12).contains(&(p % 20)) && (4..10).contains(&(p / 20)))
+        .collect();
+    let mut start = clean.clone();
+    for (p, _) in hole.iter().enumerate().filter(|(_, &h)| h) {
+        for c in 0..3 {
+            start.data[c * 320 + p] = 0.5;
+        }
+    }
+    let mut calls = 0;
+    let rec = record_episode(&agent, &start, Some(&hole), None, &mut |_| {
+        calls += 1;
+        calls < 2
+    })
+    .unwrap();
+    assert_eq!(rec.len(), 2, "stopped after the second step");
+    for t in 0..=2 {
+        let f = rec.frame(t).unwrap();
+        for p in (0..320).filter(|&p| !hole[p]) {
+            for c in 0..3 {
+                assert_eq!(f.data[c * 320 + p], start.data[c * 320 + p]);
+            }
+        }
+    }
+    // No target: no reward or PSNR, but the change is measured.
+    assert!(rec.steps[0].stats.mean_reward.is_none());
+    assert!(rec.steps[0].stats.psnr_change().is_none());
+    assert!(rec.total_reward().is_none());
+    assert!(
+        rec.steps[0].stats.mean_change > 0.0,
+        "the grey hole was not touched"
+    );
+    // Mismatched inputs are refused, not a panic.
+    assert!(record_episode(&agent, &start, Some(&hole[..10]), None, &mut |_| true).is_err());
 }
