@@ -113,6 +113,8 @@ pub struct StudioApp {
     pub(super) detect: super::detect::DetectTool,
     /// The latent explorer window (L).
     pub(super) latent: super::latent::LatentPanel,
+    /// The RL episode viewer window (R).
+    pub(super) episode: super::episode::EpisodeViewer,
 }
 
 /// Default Save As name: `<name>_restored.<ext>` next to the source.
@@ -141,6 +143,7 @@ impl StudioApp {
         let registry = config.registry.clone();
         let models = registry.list();
         let latent = super::latent::LatentPanel::new(registry.weights_dir().to_owned());
+        let episode = super::episode::EpisodeViewer::new(registry.weights_dir().to_owned());
         let mut app = Self {
             doc: None,
             textures: None,
@@ -164,6 +167,7 @@ impl StudioApp {
             loading: None,
             detect: Default::default(),
             latent,
+            episode,
         };
         app.select_model("auto");
         match image {
@@ -610,6 +614,7 @@ impl StudioApp {
             return;
         };
         let events: Vec<_> = engine.events().try_iter().collect();
+        self.episode.take_engine_events(&events);
         let JobState::Running(job) = &mut self.job else {
             return;
         };
@@ -739,6 +744,7 @@ impl StudioApp {
             self.run_job();
         }
         self.latent_window(&ctx);
+        self.episode_window(&ctx);
         self.help_overlay(&ctx);
         self.close_prompt(&ctx);
 

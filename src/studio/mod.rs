@@ -10,6 +10,8 @@
 //!   sensitivity and dilation sliders, accepted into the mask as one undo step
 //! - [`latent`]: the latent explorer window (samples, PCA sliders, interpolation, encode),
 //!   driving a [`latent_model::LatentModel`] on its own worker ([`latent_worker`])
+//! - [`episode`]: the RL episode viewer (R): an episode of `rl-denoise` or `rl-refine` run on
+//!   the worker, stepped through with an action overlay, its legend and the reward per step
 //! - [`demo`]: the built-in damaged photo shown on a first launch
 //!
 //! The studio contains no restoration logic: every repair is a job for the
@@ -20,6 +22,7 @@ pub mod canvas;
 pub mod demo;
 pub mod detect;
 pub mod document;
+pub mod episode;
 pub mod latent;
 pub mod latent_model;
 pub mod latent_worker;
