@@ -447,3 +447,67 @@ fn recorded_refine_episode_acts_on_the_hole_and_stops_on_request() {
     // Mismatched inputs are refused, not a panic.
     assert!(record_episode(&agent, &start, Some(&hole[..10]), None, &mut |_| true).is_err());
 }
+
+#[test]
+fn rl_refine_cgan_refines_the_cgan_fill_through_the_registry() {
+    use kintsugi::imaging::{ImageF32, Mask};
+    use kintsugi::models::registry::{Availability, Registry};
+    use kintsugi::restore::pipeline::{restore_image, Silent};
+    use kintsugi::restore::Params;
+    let weights = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
+    let reg = Registry::new(&weights);
+    let refine = reg
+        .restorer("rl-refine-cgan")
+        .expect("rl-refine-cgan loads");
+    assert_eq!(refine.id(), "rl-refine-cgan");
+    let cgan = reg.restorer("cgan-inpaint").expect("cgan loads");
+    let img = ImageF32::from_fn(64, 48, 3, |x, y, c| {
+        ((x as f32 * 0.15).sin() * 0.3 + (y as f32 * 0.1).cos() * 0.2 + 0.45 + 0.03 * c as f32)
+            .clamp(0.0, 1.0)
+    });
+    let mask = Mask::from_fn(64, 48, |x, y| {
+        (26..38).contains(&x) && (18..28).contains(&y)
+    });
+    let out = restore_image(refine.as_ref(), &img, &mask, &Params::new(), &Silent).unwrap();
+    let fill = restore_image(cgan.as_ref(), &img, &mask, &Params::new(), &Silent).unwrap();
+    let mut changed = 0;
+    for y in 0..48 {
+        for x in 0..64 {
+            if mask.get(x, y) {
+                assert!(out.pixel(x, y).iter().all(|v| v.is_finite()));
+                if out.pixel(x, y) != fill.pixel(x, y) {
+                    changed += 1;
+                }
+            } else {
+                assert_eq!(out.pixel(x, y), img.pixel(x, y), "known pixel ({x}, {y})");
+            }
+        }
+    }
+    assert!(
+        changed > mask.count() / 2,
+        "the agent changed {changed} hole pixels"
+    );
+    // Loading it with another starting fill than the one it was trained on is refused.
+    let err = kintsugi::rl::refine::RlRefine::load(&weights, "rl-refine-cgan")
+        .err()
+        .expect("a Telea start is refused");
+    assert!(err.to_string().contains("cgan-inpaint"), "{err}");
+    // Without the cGAN's weights it is listed as unavailable, with the reason.
+    let dir = tempfile::tempdir().unwrap();
+    for ext in ["safetensors", "json"] {
+        std::fs::copy(
+            weights.join(format!("rl-refine-cgan.{ext}")),
+            dir.path().join(format!("rl-refine-cgan.{ext}")),
+        )
+        .unwrap();
+    }
+    let info = Registry::new(dir.path())
+        .list()
+        .into_iter()
+        .find(|m| m.id == "rl-refine-cgan")
+        .expect("listed");
+    match info.availability {
+        Availability::Unavailable(reason) => assert!(reason.contains("start fill"), "{reason}"),
+        Availability::Available => panic!("available without the cGAN"),
+    }
+}

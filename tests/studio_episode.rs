@@ -192,6 +192,15 @@ fn a_denoise_episode_streams_and_steps_back_and_forth_exactly() {
 
 #[test]
 fn a_refine_episode_acts_only_on_the_mask() {
+    refine_episode_acts_only_on_the_mask(EpisodeTask::Refine);
+}
+
+#[test]
+fn a_refine_episode_from_the_cgan_fill_acts_only_on_the_mask() {
+    refine_episode_acts_only_on_the_mask(EpisodeTask::RefineCgan);
+}
+
+fn refine_episode_acts_only_on_the_mask(task: EpisodeTask) {
     let img = test_image(80, 64);
     let mut h = harness_with(&shipped_weights(), img.clone());
     let mask = Mask::from_fn(80, 64, |x, y| {
@@ -204,7 +213,7 @@ fn a_refine_episode_acts_only_on_the_mask() {
     {
         let v = h.state_mut().episode_mut();
         v.set_open(true);
-        v.task = EpisodeTask::Refine;
+        v.task = task;
         v.photo_as_target = true;
     }
     settle_window(&mut h);

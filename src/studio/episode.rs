@@ -4,8 +4,9 @@
 //! - `rl-denoise` acts on a region of the image (at the centre of the view), optionally after
 //!   adding Gaussian noise, so that the loaded photo is the clean target and each step's
 //!   reward and PSNR change are real measurements;
-//! - `rl-refine` fills the current mask with its starting fill and refines the hole pixels;
-//!   optionally the photo under the mask is the target (for masks painted over intact pixels).
+//! - `rl-refine` (or `rl-refine-cgan`) fills the current mask with its starting fill (Telea, or
+//!   the cGAN) and refines the hole pixels; optionally the photo under the mask is the target
+//!   (for masks painted over intact pixels).
 //!
 //! The episode is an engine job ([`JobKind::Task`]), so it queues, cancels (Esc) and reports
 //! panics like every other job; each step is sent to the viewer as soon as it is made (image,
@@ -69,6 +70,8 @@ pub enum EpisodeTask {
     Denoise,
     /// `rl-refine` on the current mask.
     Refine,
+    /// `rl-refine-cgan` (cGAN fill, then the agent) on the current mask.
+    RefineCgan,
 }
 
 impl EpisodeTask {
@@ -77,7 +80,13 @@ impl EpisodeTask {
         match self {
             EpisodeTask::Denoise => "rl-denoise",
             EpisodeTask::Refine => "rl-refine",
+            EpisodeTask::RefineCgan => "rl-refine-cgan",
         }
+    }
+
+    /// Whether the agent refines the mask (rather than denoising).
+    pub fn refines(self) -> bool {
+        self != EpisodeTask::Denoise
     }
 }
 
@@ -442,9 +451,10 @@ impl EpisodeJob {
         let failed = |e: String| RestoreError::Failed(e);
         let agent = Agent::load(&self.weights_dir, self.task.model())
             .map_err(|e| failed(format!("cannot load {}: {e}", self.task.model())))?;
-        let want = match self.task {
-            EpisodeTask::Denoise => "denoise",
-            EpisodeTask::Refine => "refine",
+        let want = if self.task.refines() {
+            "refine"
+        } else {
+            "denoise"
         };
         if agent.manifest.task != want {
             return Err(failed(format!(
@@ -455,10 +465,10 @@ impl EpisodeJob {
         }
         ctx.checkpoint()?;
         let (w, h) = (self.image.width(), self.image.height());
-        let mask = (self.task == EpisodeTask::Refine).then_some(&*self.mask);
+        let mask = self.task.refines().then_some(&*self.mask);
         let region = episode_region(w, h, mask, self.centre, self.max_side).ok_or_else(|| {
             RestoreError::InvalidInput(
-                "the mask is empty: paint over the damage (B) before running rl-refine".into(),
+                "the mask is empty: paint over the damage (B) before refining it".into(),
             )
         })?;
         let photo = crop_frame(&self.image, region);
@@ -470,7 +480,7 @@ impl EpisodeJob {
                 }
                 None => (photo, None, None),
             },
-            EpisodeTask::Refine => {
+            EpisodeTask::Refine | EpisodeTask::RefineCgan => {
                 let hole: Vec<bool> = (0..region.height)
                     .flat_map(|y| (0..region.width).map(move |x| (x, y)))
                     .map(|(x, y)| self.mask.get(region.x + x, region.y + y))
@@ -562,9 +572,9 @@ impl StudioApp {
             self.episode.state = EpisodeState::Failed("open an image first".into());
             return;
         };
-        if self.episode.task == EpisodeTask::Refine && doc.mask_count() == 0 {
+        if self.episode.task.refines() && doc.mask_count() == 0 {
             self.episode.state = EpisodeState::Failed(
-                "the mask is empty: paint over the damage (B) before running rl-refine".into(),
+                "the mask is empty: paint over the damage (B) before refining it".into(),
             );
             return;
         }
@@ -639,7 +649,13 @@ impl StudioApp {
                     ui.radio_value(&mut v.task, EpisodeTask::Denoise, "Denoise (rl-denoise)")
                         .on_hover_text("Denoise a region at the centre of the view");
                     ui.radio_value(&mut v.task, EpisodeTask::Refine, "Refine mask (rl-refine)")
-                        .on_hover_text("Fill the mask, then let the agent refine the holes");
+                        .on_hover_text(
+                            "Fill the mask (Telea), then let the agent refine the holes",
+                        );
+                    ui.radio_value(&mut v.task, EpisodeTask::RefineCgan, "rl-refine-cgan")
+                        .on_hover_text(
+                            "Fill the mask with the cGAN, then let the agent refine the holes",
+                        );
                 });
                 match v.task {
                     EpisodeTask::Denoise => {
@@ -658,7 +674,7 @@ impl StudioApp {
                             v.add_noise = noise.then_some(sigma);
                         });
                     }
-                    EpisodeTask::Refine => {
+                    EpisodeTask::Refine | EpisodeTask::RefineCgan => {
                         ui.checkbox(
                             &mut v.photo_as_target,
                             "Score against the photo under the mask",
