@@ -701,11 +701,12 @@ impl StudioApp {
                     }
                     let status = match &v.state {
                         EpisodeState::Idle => "no episode yet".to_owned(),
-                        EpisodeState::Running => format!(
-                            "running: {}/{} steps",
-                            v.steps_received(),
-                            v.total_steps.max(1)
-                        ),
+                        EpisodeState::Running if v.record.is_none() => {
+                            "waiting for the worker".to_owned()
+                        }
+                        EpisodeState::Running => {
+                            format!("running: {}/{} steps", v.steps_received(), v.total_steps)
+                        }
                         EpisodeState::Done(s) => format!("done in {s:.2} s"),
                         EpisodeState::Failed(e) => format!("failed: {e}"),
                         EpisodeState::Cancelled => "cancelled".into(),
