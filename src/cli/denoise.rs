@@ -236,7 +236,10 @@ fn run_eval(
             .map(|(n, s)| format!("{n} {:.1}%", 100.0 * s))
             .collect();
         println!("       actions: {}", shares.join(", "));
-        for line in crate::rl::stats::format_shares(&r.zones) {
+        for line in crate::rl::stats::format_shares(&r.zones)
+            .into_iter()
+            .chain(crate::rl::stats::format_shares(&r.per_step))
+        {
             println!("         {line}");
         }
     }

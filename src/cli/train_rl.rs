@@ -245,7 +245,10 @@ fn eval_refine_only(a: &RlArgs, out: &std::path::Path) -> anyhow::Result<()> {
         .map(|(n, s)| format!("{n} {:.1}%", 100.0 * s))
         .collect();
     println!("actions: {}", shares.join(", "));
-    for line in crate::rl::stats::format_shares(&m.zones) {
+    for line in crate::rl::stats::format_shares(&m.zones)
+        .into_iter()
+        .chain(crate::rl::stats::format_shares(&m.per_step))
+    {
         println!("  {line}");
     }
     if !a.write_manifest {

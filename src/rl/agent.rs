@@ -27,6 +27,9 @@ pub struct DenoiseRow {
     /// Action shares on flat, medium and textured content (local contrast of the clean image).
     #[serde(default)]
     pub zones: Vec<super::stats::ZoneShare>,
+    /// Action shares per step of the episode.
+    #[serde(default)]
+    pub per_step: Vec<super::stats::ZoneShare>,
 }
 
 /// Measured quality of a denoising agent.

@@ -136,6 +136,7 @@ pub fn eval_denoise(
         let mut classical = vec![0.0f64; grid.len()];
         let mut counts = vec![0u64; agent.set.len()];
         let mut zones = super::stats::ActionStats::new(&agent.set, &super::stats::TEXTURE_ZONES);
+        let mut per_step = super::stats::ActionStats::per_step(&agent.set, steps);
         for (i, target) in clean.iter().enumerate() {
             let noisy = crate::train::rl::add_noise(
                 target,
@@ -152,6 +153,7 @@ pub fn eval_denoise(
                 *c += n;
             }
             zones.add(&run.maps, &super::stats::texture_zones(target));
+            per_step.add_steps(&run.maps, None);
             let per_action: Vec<Vec<f64>> = agent
                 .set
                 .par_iter()
@@ -214,6 +216,7 @@ pub fn eval_denoise(
                 .map(|(a, &c)| (a.name().to_owned(), c as f64 / all as f64))
                 .collect(),
             zones: zones.shares(),
+            per_step: per_step.shares(),
         });
     }
     let mut blind: Option<(String, Vec<f64>)> = None;
@@ -272,6 +275,9 @@ pub struct RefineMetrics {
     /// Action shares per zone: hole seam, hole interior, outside.
     #[serde(default)]
     pub zones: Vec<super::stats::ZoneShare>,
+    /// Action shares of the hole pixels per step.
+    #[serde(default)]
+    pub per_step: Vec<super::stats::ZoneShare>,
 }
 
 /// One held-out refinement case.
@@ -347,6 +353,7 @@ pub fn eval_refine_cases(
     let mut improved = 0;
     let mut counts = vec![0u64; agent.set.len()];
     let mut zones = super::stats::ActionStats::new(&agent.set, &super::stats::REFINE_ZONES);
+    let mut per_step = super::stats::ActionStats::per_step(&agent.set, agent.steps());
     let steps = agent.steps();
     let mut fixed = vec![vec![0.0f64; steps]; agent.set.len()];
     for (i, case) in cases.iter().enumerate() {
@@ -389,6 +396,7 @@ pub fn eval_refine_cases(
         {
             *c += n;
         }
+        per_step.add_steps(&run.maps, Some(hole));
         zones.add(
             &run.maps,
             &super::stats::refine_zones(hole, target.w, target.h),
@@ -422,6 +430,7 @@ pub fn eval_refine_cases(
             .map(|(a, &c)| (a.name().to_owned(), c as f64 / all as f64))
             .collect(),
         zones: zones.shares(),
+        per_step: per_step.shares(),
     })
 }
 

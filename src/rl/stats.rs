@@ -140,6 +140,30 @@ impl ActionStats {
         }
     }
 
+    /// Empty counts with one "zone" per step of a `steps`-step episode.
+    pub fn per_step(actions: &[super::env::Action], steps: usize) -> Self {
+        let names: Vec<String> = (1..=steps).map(|t| format!("step {t}")).collect();
+        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+        Self::new(actions, &refs)
+    }
+
+    /// Adds each step `t` of `maps` to zone `t`, over the pixels where `active` is true (all
+    /// when `None`).
+    pub fn add_steps(&mut self, maps: &[Vec<u8>], active: Option<&[bool]>) {
+        for (t, m) in maps.iter().enumerate() {
+            let Some(row) = self.counts.get_mut(t) else {
+                break;
+            };
+            for (p, &a) in m.iter().enumerate() {
+                if active.is_none_or(|act| act[p]) {
+                    if let Some(c) = row.get_mut(usize::from(a)) {
+                        *c += 1;
+                    }
+                }
+            }
+        }
+    }
+
     /// The shares per zone.
     pub fn shares(&self) -> Vec<ZoneShare> {
         self.zones
@@ -243,5 +267,10 @@ mod tests {
         let sh = s.shares();
         assert_eq!(sh[0].pixel_steps, 4);
         assert_eq!(sh[0].shares[0], ("diffuse".to_owned(), 0.75));
+        // Per step, over the active pixels only.
+        let mut st = ActionStats::per_step(&set, 2);
+        st.add_steps(&[vec![0, 1, 1], vec![1, 1, 0]], Some(&[true, true, false]));
+        assert_eq!(st.zones, vec!["step 1", "step 2"]);
+        assert_eq!(st.counts, vec![vec![1, 1], vec![0, 2]]);
     }
 }
