@@ -293,3 +293,34 @@ fn missing_weights_and_an_empty_mask_are_reported() {
     h.step();
     assert!(!h.state().episode().is_open());
 }
+
+#[test]
+fn esc_cancels_a_running_episode_within_a_step() {
+    // A 1024x1024 region: five steps take seconds, so Esc lands while the episode runs.
+    let mut h = harness_with(&shipped_weights(), test_image(1024, 1024));
+    {
+        let v = h.state_mut().episode_mut();
+        v.set_open(true);
+        v.task = EpisodeTask::Denoise;
+        v.add_noise = None;
+        v.max_side = 1024;
+    }
+    settle_window(&mut h);
+    h.state_mut().start_episode();
+    h.step();
+    assert!(h.state().episode().running());
+    h.key_press(Key::Escape);
+    let started = Instant::now();
+    run_to_end(&mut h);
+    let v = h.state().episode();
+    assert_eq!(v.state(), &EpisodeState::Cancelled);
+    assert!(v.steps_received() < 5, "{} steps", v.steps_received());
+    // Cancellation is checked after every step, so it ends within about one step.
+    assert!(started.elapsed() < Duration::from_secs(60));
+    // A new episode runs normally afterwards.
+    h.state_mut().episode_mut().max_side = 64;
+    h.state_mut().start_episode();
+    run_to_end(&mut h);
+    assert!(matches!(h.state().episode().state(), EpisodeState::Done(_)));
+    assert_eq!(h.state().episode().steps_received(), 5);
+}
