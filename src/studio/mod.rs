@@ -10,8 +10,9 @@
 //!   sensitivity and dilation sliders, accepted into the mask as one undo step
 //! - [`latent`]: the latent explorer window (samples, PCA sliders, interpolation, encode),
 //!   driving a [`latent_model::LatentModel`] on its own worker ([`latent_worker`])
-//! - [`episode`]: the RL episode viewer (R): an episode of `rl-denoise` or `rl-refine` run on
-//!   the worker, stepped through with an action overlay, its legend and the reward per step
+//! - [`episode`]: the RL episode viewer (R): an episode of `rl-denoise` or `rl-refine(-cgan)` run
+//!   on the worker, stepped through with an action overlay, its legend and the reward per step
+//!   (its window is drawn by `episode_ui`)
 //! - [`demo`]: the built-in damaged photo shown on a first launch
 //!
 //! The studio contains no restoration logic: every repair is a job for the
@@ -23,6 +24,7 @@ pub mod demo;
 pub mod detect;
 pub mod document;
 pub mod episode;
+mod episode_ui;
 pub mod latent;
 pub mod latent_model;
 pub mod latent_worker;
