@@ -280,6 +280,9 @@ fn refine_changes_only_hole_pixels() {
         last_train: None,
         metrics: None,
         refine_metrics: None,
+        start: None,
+        holes: None,
+        init: None,
     };
     let agent = Agent::from_net(net, manifest, set);
     let img = ImageF32::from_fn(20, 14, 3, |x, y, c| {
@@ -299,5 +302,212 @@ fn refine_changes_only_hole_pixels() {
                 assert_eq!(out.pixel(x, y), img.pixel(x, y));
             }
         }
+    }
+}
+
+/// A tiny untrained agent over `set` (random policy, but a fixed one: episodes are
+/// deterministic).
+fn tiny_agent(set: Vec<Action>, task: &str, seed: u64) -> kintsugi::rl::agent::Agent {
+    use kintsugi::rl::agent::{Agent, RlManifest};
+    let cfg = NetConfig {
+        channels: 4,
+        actions: set.len(),
+    };
+    let net = LoadedNet::fresh(cfg, seed, &Device::Cpu).unwrap();
+    // Sharpen the near-uniform fresh policy so the greedy choice varies from pixel to pixel.
+    for (name, var) in kintsugi::rl::net::named_vars(&net.varmap).unwrap() {
+        if name == "policy1.weight" {
+            var.set(&(var.as_tensor() * 30.0).unwrap()).unwrap();
+        }
+    }
+    let manifest = RlManifest {
+        id: "tiny".into(),
+        family: "rl".into(),
+        task: task.into(),
+        architecture: String::new(),
+        net: cfg,
+        params: net.param_count(),
+        actions: set.iter().map(|a| a.name().to_owned()).collect(),
+        a2c: A2cConfig::default(),
+        optimiser: String::new(),
+        data: String::new(),
+        data_license: String::new(),
+        crop: 16,
+        batch: 1,
+        updates: 0,
+        train_seconds: 0.0,
+        updates_per_sec: 0.0,
+        command: String::new(),
+        seed: 0,
+        last_train: None,
+        metrics: None,
+        refine_metrics: None,
+        start: None,
+        holes: None,
+        init: None,
+    };
+    Agent::from_net(net, manifest, set)
+}
+
+fn textured(w: usize, h: usize) -> Frame {
+    frame(w, h, |x, y, c| {
+        ((x as f32 * 0.4).sin() * (y as f32 * 0.3).cos() * 0.35 + 0.5 + 0.05 * c as f32)
+            .clamp(0.0, 1.0)
+    })
+}
+
+#[test]
+fn recorded_episode_replays_exactly_and_rewards_telescope() {
+    use kintsugi::rl::episode::{record_episode, replay};
+    let agent = tiny_agent(Action::DENOISE.to_vec(), "denoise", 3);
+    let clean = textured(24, 20);
+    let noisy = add_noise(&clean, 25.0, 5);
+    let mut seen = Vec::new();
+    let rec = record_episode(&agent, &noisy, None, Some(&clean), &mut |s| {
+        seen.push(s.step);
+        true
+    })
+    .unwrap();
+    assert_eq!(
+        seen,
+        vec![1, 2, 3, 4, 5],
+        "every step is reported as it is made"
+    );
+    assert_eq!(rec.len(), 5);
+    assert_eq!(rec.frame(0), Some(&noisy));
+    // The policy really chooses per pixel: more than one action in the first map.
+    let first = &rec.steps[0].actions;
+    assert!(
+        first.iter().any(|&a| a != first[0]),
+        "one action everywhere"
+    );
+    // Replaying the recorded action maps gives every step's image bit for bit.
+    let maps: Vec<Vec<u8>> = rec.steps.iter().map(|s| s.actions.clone()).collect();
+    let frames = replay(&agent.set, &noisy, None, &maps);
+    assert_eq!(frames.len(), 6);
+    for (t, f) in frames.iter().enumerate() {
+        assert_eq!(Some(f), rec.frame(t), "step {t} differs from its replay");
+    }
+    // A step's PSNR before is the previous step's after, and the mean rewards telescope to
+    // the total decrease of squared error.
+    for pair in rec.steps.windows(2) {
+        assert_eq!(pair[0].stats.psnr_after, pair[1].stats.psnr_before);
+    }
+    let scale = f64::from(agent.manifest.a2c.reward_scale);
+    let expected = scale * (noisy.mse(&clean, None) - rec.steps[4].image.mse(&clean, None));
+    let total = rec.total_reward().unwrap();
+    assert!(
+        (total - expected).abs() < 1e-4 * expected.abs().max(1.0),
+        "{total} vs {expected}"
+    );
+    for s in &rec.steps {
+        let sum: f64 = s.stats.share.iter().sum();
+        assert!((sum - 1.0).abs() < 1e-9, "shares sum to {sum}");
+        assert!(s.stats.mean_change >= 0.0);
+    }
+}
+
+#[test]
+fn recorded_refine_episode_acts_on_the_hole_and_stops_on_request() {
+    use kintsugi::rl::episode::record_episode;
+    let agent = tiny_agent(Action::ALL.to_vec(), "refine", 4);
+    let clean = textured(20, 16);
+    let hole: Vec<bool> = (0..20 * 16)
+        .map(|p| (6..12).contains(&(p % 20)) && (4..10).contains(&(p / 20)))
+        .collect();
+    let mut start = clean.clone();
+    for (p, _) in hole.iter().enumerate().filter(|(_, &h)| h) {
+        for c in 0..3 {
+            start.data[c * 320 + p] = 0.5;
+        }
+    }
+    let mut calls = 0;
+    let rec = record_episode(&agent, &start, Some(&hole), None, &mut |_| {
+        calls += 1;
+        calls < 2
+    })
+    .unwrap();
+    assert_eq!(rec.len(), 2, "stopped after the second step");
+    for t in 0..=2 {
+        let f = rec.frame(t).unwrap();
+        for p in (0..320).filter(|&p| !hole[p]) {
+            for c in 0..3 {
+                assert_eq!(f.data[c * 320 + p], start.data[c * 320 + p]);
+            }
+        }
+    }
+    // No target: no reward or PSNR, but the change is measured.
+    assert!(rec.steps[0].stats.mean_reward.is_none());
+    assert!(rec.steps[0].stats.psnr_change().is_none());
+    assert!(rec.total_reward().is_none());
+    assert!(
+        rec.steps[0].stats.mean_change > 0.0,
+        "the grey hole was not touched"
+    );
+    // Mismatched inputs are refused, not a panic.
+    assert!(record_episode(&agent, &start, Some(&hole[..10]), None, &mut |_| true).is_err());
+}
+
+#[test]
+fn rl_refine_cgan_refines_the_cgan_fill_through_the_registry() {
+    use kintsugi::imaging::{ImageF32, Mask};
+    use kintsugi::models::registry::{Availability, Registry};
+    use kintsugi::restore::pipeline::{restore_image, Silent};
+    use kintsugi::restore::Params;
+    let weights = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("weights");
+    let reg = Registry::new(&weights);
+    let refine = reg
+        .restorer("rl-refine-cgan")
+        .expect("rl-refine-cgan loads");
+    assert_eq!(refine.id(), "rl-refine-cgan");
+    let cgan = reg.restorer("cgan-inpaint").expect("cgan loads");
+    let img = ImageF32::from_fn(64, 48, 3, |x, y, c| {
+        ((x as f32 * 0.15).sin() * 0.3 + (y as f32 * 0.1).cos() * 0.2 + 0.45 + 0.03 * c as f32)
+            .clamp(0.0, 1.0)
+    });
+    let mask = Mask::from_fn(64, 48, |x, y| {
+        (26..38).contains(&x) && (18..28).contains(&y)
+    });
+    let out = restore_image(refine.as_ref(), &img, &mask, &Params::new(), &Silent).unwrap();
+    let fill = restore_image(cgan.as_ref(), &img, &mask, &Params::new(), &Silent).unwrap();
+    let mut changed = 0;
+    for y in 0..48 {
+        for x in 0..64 {
+            if mask.get(x, y) {
+                assert!(out.pixel(x, y).iter().all(|v| v.is_finite()));
+                if out.pixel(x, y) != fill.pixel(x, y) {
+                    changed += 1;
+                }
+            } else {
+                assert_eq!(out.pixel(x, y), img.pixel(x, y), "known pixel ({x}, {y})");
+            }
+        }
+    }
+    assert!(
+        changed > mask.count() / 2,
+        "the agent changed {changed} hole pixels"
+    );
+    // Loading it with another starting fill than the one it was trained on is refused.
+    let err = kintsugi::rl::refine::RlRefine::load(&weights, "rl-refine-cgan")
+        .err()
+        .expect("a Telea start is refused");
+    assert!(err.to_string().contains("cgan-inpaint"), "{err}");
+    // Without the cGAN's weights it is listed as unavailable, with the reason.
+    let dir = tempfile::tempdir().unwrap();
+    for ext in ["safetensors", "json"] {
+        std::fs::copy(
+            weights.join(format!("rl-refine-cgan.{ext}")),
+            dir.path().join(format!("rl-refine-cgan.{ext}")),
+        )
+        .unwrap();
+    }
+    let info = Registry::new(dir.path())
+        .list()
+        .into_iter()
+        .find(|m| m.id == "rl-refine-cgan")
+        .expect("listed");
+    match info.availability {
+        Availability::Unavailable(reason) => assert!(reason.contains("start fill"), "{reason}"),
+        Availability::Available => panic!("available without the cGAN"),
     }
 }

@@ -236,6 +236,12 @@ fn run_eval(
             .map(|(n, s)| format!("{n} {:.1}%", 100.0 * s))
             .collect();
         println!("       actions: {}", shares.join(", "));
+        for line in crate::rl::stats::format_shares(&r.zones)
+            .into_iter()
+            .chain(crate::rl::stats::format_shares(&r.per_step))
+        {
+            println!("         {line}");
+        }
     }
     if let Some((name, v)) = &metrics.blind_fixed {
         let per: Vec<String> = v.iter().map(|p| format!("{p:.2}")).collect();

@@ -9,7 +9,9 @@ use candle_core::Device;
 
 use crate::rl::a2c::A2cConfig;
 use crate::train::cgan::with_ext;
-use crate::train::rl::{episode_batch, train_rl, RlStepReport, RlTrainConfig, Task};
+use crate::train::rl::{
+    episode_batch, train_rl, HoleKind, RefineSetup, RlStepReport, RlTrainConfig, StartFill, Task,
+};
 
 /// Which agent to train.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -18,6 +20,38 @@ pub enum TaskArg {
     Denoise,
     /// Improve a Telea fill of small holes: `rl-refine`.
     Refine,
+}
+
+/// Which holes refine episodes have.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum HolesArg {
+    /// Scattered specks and hairs.
+    Scattered,
+    /// Brush strokes (wide holes) plus scratches, hairs and dust.
+    Mixed,
+}
+
+impl HolesArg {
+    fn kind(self) -> HoleKind {
+        match self {
+            HolesArg::Scattered => HoleKind::Scattered,
+            HolesArg::Mixed => HoleKind::Mixed,
+        }
+    }
+}
+
+/// The refine setup from the command line, falling back to `default_start` / `default_holes`.
+fn refine_setup(
+    a: &RlArgs,
+    default_start: &str,
+    default_holes: HoleKind,
+) -> anyhow::Result<RefineSetup> {
+    let registry = crate::models::registry::Registry::default();
+    let start = a.start.as_deref().unwrap_or(default_start);
+    Ok(RefineSetup {
+        start: StartFill::from_registry(&registry, start)?,
+        holes: a.holes.map_or(default_holes, HolesArg::kind),
+    })
 }
 
 /// Arguments of `train rl`.
@@ -88,6 +122,21 @@ pub struct RlArgs {
     /// --eval-only: crop side.
     #[arg(long, default_value_t = 128)]
     pub eval_crop: usize,
+    /// Refine: the fill episodes start from (registry id: telea, biharmonic, cgan-inpaint,
+    /// auto, ...). Default: telea for training; for --eval-only the agent's own start.
+    #[arg(long)]
+    pub start: Option<String>,
+    /// Refine: the holes (scattered specks and hairs, or mixed = brush strokes + thin damage).
+    /// Default: scattered for training; for --eval-only the agent's own.
+    #[arg(long, value_enum)]
+    pub holes: Option<HolesArg>,
+    /// Start a fresh run from these weights (stem or .safetensors of an agent with the same
+    /// sizes and actions): fine-tuning.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// --eval-only: store the result in the agent's manifest.
+    #[arg(long)]
+    pub write_manifest: bool,
     /// No progress bar (a log line every 20 updates instead).
     #[arg(long, short)]
     pub quiet: bool,
@@ -125,32 +174,67 @@ fn eval_refine_only(a: &RlArgs, out: &std::path::Path) -> anyhow::Result<()> {
             clean.push(f);
         }
     }
+    let manifest_holes = match agent.manifest.holes.as_deref() {
+        Some("mixed") => HoleKind::Mixed,
+        _ => HoleKind::Scattered,
+    };
+    let setup = refine_setup(
+        a,
+        agent.manifest.start.as_deref().unwrap_or("telea"),
+        manifest_holes,
+    )?;
     let started = std::time::Instant::now();
-    let bar = super::progress::step_bar(clean.len() as u64, "eval rl-refine", a.quiet);
+    let bar = super::progress::step_bar(clean.len() as u64, "fills", a.quiet);
+    // Scattered damage keeps the shipped protocol: exactly 5% coverage per crop.
+    let coverage = (setup.holes == HoleKind::Scattered).then_some(0.05);
+    let cases = crate::rl::eval::refine_cases(
+        &clean,
+        setup.holes,
+        coverage,
+        &setup.start,
+        a.seed ^ 0xe7a1,
+        &mut |d, _| bar.set_position(d as u64),
+    )?;
+    bar.finish_and_clear();
+    let bar = super::progress::step_bar(cases.len() as u64, "eval rl-refine", a.quiet);
     let mut m =
-        crate::rl::eval::eval_refine(&agent, &clean, 0.05, a.seed ^ 0xe7a1, &mut |d, _| {
+        crate::rl::eval::eval_refine_cases(&agent, &cases, setup.start.name(), &mut |d, _| {
             bar.set_position(d as u64)
         })?;
     bar.finish_and_clear();
+    let hole_desc = match setup.holes {
+        HoleKind::Scattered => "seeded scattered specks and hairs covering 5% of each crop",
+        HoleKind::Mixed => {
+            "seeded mixed damage (the cGAN's training damage without artifact cut-outs: \
+             brush strokes in 85% of crops, scratches, hairs, dust; up to 40% coverage)"
+        }
+    };
     m.protocol = format!(
-        "{} centre {c}x{c} crops of {} (sorted by name), seeded scattered specks and hairs \
-         covering 5% of each crop, filled by Telea; hole-PSNR (RGB, outputs clipped to [0,1]) \
-         of the Telea fill and of the agent's greedy {}-step episode on the hole pixels, \
-         averaged over crops; best fixed = the best single action of the set applied \
-         1..=steps times to the hole pixels; measured by `kintsugi train rl --task refine \
-         --eval-only` in {:.0} s.",
-        clean.len(),
+        "{} centre {c}x{c} crops of {} (sorted by name), {hole_desc}, filled by {}; \
+         hole-PSNR (RGB, outputs clipped to [0,1]) and whole-crop SSIM of the fill and of the \
+         agent's greedy {}-step episode on the hole pixels, averaged over crops; best fixed = \
+         the best single action of the set applied 1..=steps times to the hole pixels; \
+         measured by `kintsugi train rl --task refine --eval-only --start {} --holes {}` in \
+         {:.0} s.",
+        cases.len(),
         val_dir.display(),
+        setup.start.name(),
         agent.steps(),
+        setup.start.name(),
+        setup.holes.name(),
         started.elapsed().as_secs_f64()
     );
     println!(
-        "hole-PSNR: Telea {:.2} dB -> agent {:.2} dB ({:+.2} dB), improved on {}/{} crops",
-        m.telea_hole_psnr_db,
+        "hole-PSNR: {} {:.2} dB -> agent {:.2} dB ({:+.2} dB), improved on {}/{} crops; \
+         SSIM {:.4} -> {:.4}",
+        m.start,
+        m.start_hole_psnr_db,
         m.agent_hole_psnr_db,
-        m.agent_hole_psnr_db - m.telea_hole_psnr_db,
+        m.agent_hole_psnr_db - m.start_hole_psnr_db,
         m.improved,
-        m.images
+        m.images,
+        m.start_ssim,
+        m.agent_ssim
     );
     if let Some((name, v)) = &m.best_fixed {
         println!("best single fixed action on the holes: {name}: {v:.2} dB");
@@ -161,6 +245,15 @@ fn eval_refine_only(a: &RlArgs, out: &std::path::Path) -> anyhow::Result<()> {
         .map(|(n, s)| format!("{n} {:.1}%", 100.0 * s))
         .collect();
     println!("actions: {}", shares.join(", "));
+    for line in crate::rl::stats::format_shares(&m.zones)
+        .into_iter()
+        .chain(crate::rl::stats::format_shares(&m.per_step))
+    {
+        println!("  {line}");
+    }
+    if !a.write_manifest {
+        return Ok(());
+    }
     let mut manifest = agent.manifest.clone();
     manifest.refine_metrics = Some(serde_json::to_value(&m)?);
     manifest.write(&with_ext(out, "json"))?;
@@ -198,6 +291,7 @@ pub fn run_rl(a: RlArgs) -> anyhow::Result<()> {
         val_dir,
         val_source,
     } = super::train::load_photo_data(&a.data)?;
+    let setup = refine_setup(&a, "telea", HoleKind::Scattered)?;
     let val = episode_batch(
         task,
         &val_source,
@@ -206,6 +300,7 @@ pub fn run_rl(a: RlArgs) -> anyhow::Result<()> {
         64,
         a.seed ^ 0x7a1,
         0,
+        &setup,
     )?;
     eprintln!(
         "data: {} training photos from {dirs:?}, {} validation photos; loaded in {:.1}s",
@@ -231,8 +326,13 @@ pub fn run_rl(a: RlArgs) -> anyhow::Result<()> {
         ),
         Task::Refine => format!(
             "random {c}x{c} crops (random horizontal flips) of the {n} photos in {dirs:?} \
-             (BSDS500 train+test) with scattered specks and hairs (3-12% coverage) filled by \
-             Telea; only hole pixels act. Validation: {v} fixed 64x64 crops of {val}.",
+             (BSDS500 train+test) with {holes} damage filled by {start}; only hole pixels \
+             act. Validation: {v} fixed 64x64 crops of {val}.",
+            holes = match setup.holes {
+                HoleKind::Scattered => "scattered specks and hairs (3-12% coverage)",
+                HoleKind::Mixed => "mixed (brush strokes, scratches, hairs, dust)",
+            },
+            start = setup.start.name(),
             c = a.crop,
             n = source.len(),
             v = a.val.max(1),
@@ -264,6 +364,8 @@ pub fn run_rl(a: RlArgs) -> anyhow::Result<()> {
                        The weights inherit BSDS500's research-use terms."
             .into(),
         command,
+        refine: setup,
+        init: a.init.clone(),
     };
     let label = format!("train rl-{}", task.name());
     let bar = super::progress::step_bar(a.updates, &label, a.quiet);

@@ -114,6 +114,11 @@ const LEARNED: &[Entry] = &[
         family: Family::Rl,
         description: "PixelRL agent that refines a fill step by step",
     },
+    Entry {
+        id: "rl-refine-cgan",
+        family: Family::Rl,
+        description: "The cGAN's fill refined by a PixelRL agent trained on cGAN fills",
+    },
 ];
 
 /// The model registry: where weights live, and which models exist.
@@ -238,6 +243,31 @@ impl Registry {
                     crate::rl::refine::RlRefine::load(&self.weights_dir, "rl-refine")
                         .map(|r| Arc::new(r) as Arc<dyn Restorer>)
                         .map_err(|e| format!("cannot load {id}: {e}")),
+                )
+            }
+            "rl-refine-cgan" => {
+                let weights = self.weights_dir.join(format!("{id}.safetensors"));
+                if !weights.is_file() {
+                    return None;
+                }
+                let cgan = match self.learned_restorer("cgan-inpaint") {
+                    Some(Ok(cgan)) => cgan,
+                    Some(Err(reason)) => return Some(Err(format!("its start fill: {reason}"))),
+                    None => {
+                        return Some(Err(format!(
+                            "its start fill: {}",
+                            self.learned_reason("cgan-inpaint")
+                        )))
+                    }
+                };
+                Some(
+                    crate::rl::refine::RlRefine::load_with_start(
+                        &self.weights_dir,
+                        "rl-refine-cgan",
+                        Some(("cgan-inpaint", cgan)),
+                    )
+                    .map(|r| Arc::new(r) as Arc<dyn Restorer>)
+                    .map_err(|e| format!("cannot load {id}: {e}")),
                 )
             }
             _ => None,

@@ -24,6 +24,12 @@ pub struct DenoiseRow {
     pub classical: (String, f64),
     /// Fraction of pixel-steps per action in the agent's episodes.
     pub action_share: Vec<(String, f64)>,
+    /// Action shares on flat, medium and textured content (local contrast of the clean image).
+    #[serde(default)]
+    pub zones: Vec<super::stats::ZoneShare>,
+    /// Action shares per step of the episode.
+    #[serde(default)]
+    pub per_step: Vec<super::stats::ZoneShare>,
 }
 
 /// Measured quality of a denoising agent.
@@ -84,6 +90,15 @@ pub struct RlManifest {
     pub metrics: Option<DenoiseMetrics>,
     /// Held-out refinement metrics (hole-PSNR before and after), when measured.
     pub refine_metrics: Option<serde_json::Value>,
+    /// Refine agents: the registry id of the fill the agent starts from (`telea` when absent).
+    #[serde(default)]
+    pub start: Option<String>,
+    /// Refine agents: the holes it was trained on (`scattered` when absent).
+    #[serde(default)]
+    pub holes: Option<String>,
+    /// The weights training started from (fine-tuning), if any.
+    #[serde(default)]
+    pub init: Option<String>,
 }
 
 impl RlManifest {

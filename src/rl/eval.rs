@@ -135,6 +135,8 @@ pub fn eval_denoise(
         let mut fixed = vec![vec![0.0f64; steps]; agent.set.len()];
         let mut classical = vec![0.0f64; grid.len()];
         let mut counts = vec![0u64; agent.set.len()];
+        let mut zones = super::stats::ActionStats::new(&agent.set, &super::stats::TEXTURE_ZONES);
+        let mut per_step = super::stats::ActionStats::per_step(&agent.set, steps);
         for (i, target) in clean.iter().enumerate() {
             let noisy = crate::train::rl::add_noise(
                 target,
@@ -150,6 +152,8 @@ pub fn eval_denoise(
             {
                 *c += n;
             }
+            zones.add(&run.maps, &super::stats::texture_zones(target));
+            per_step.add_steps(&run.maps, None);
             let per_action: Vec<Vec<f64>> = agent
                 .set
                 .par_iter()
@@ -211,6 +215,8 @@ pub fn eval_denoise(
                 .zip(&counts)
                 .map(|(a, &c)| (a.name().to_owned(), c as f64 / all as f64))
                 .collect(),
+            zones: zones.shares(),
+            per_step: per_step.shares(),
         });
     }
     let mut blind: Option<(String, Vec<f64>)> = None;
@@ -236,17 +242,28 @@ pub fn action_names(set: &[Action]) -> Vec<&'static str> {
     set.iter().map(|a| a.name()).collect()
 }
 
-/// Held-out refinement quality: hole-PSNR of the Telea start and of the agent's result.
+/// Held-out refinement quality: hole-PSNR and SSIM of the starting fill and of the agent's
+/// result on the same holes.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RefineMetrics {
     /// What was measured and how.
     pub protocol: String,
     /// Images.
     pub images: usize,
-    /// Mean hole-PSNR of the Telea fill (dB).
-    pub telea_hole_psnr_db: f64,
+    /// The starting fill (registry id).
+    #[serde(default)]
+    pub start: String,
+    /// Mean hole-PSNR of the starting fill (dB).
+    #[serde(alias = "telea_hole_psnr_db")]
+    pub start_hole_psnr_db: f64,
     /// Mean hole-PSNR after the agent (dB).
     pub agent_hole_psnr_db: f64,
+    /// Mean SSIM of the whole crop with the starting fill (as `kintsugi eval` measures it).
+    #[serde(default)]
+    pub start_ssim: f64,
+    /// Mean SSIM of the whole crop after the agent.
+    #[serde(default)]
+    pub agent_ssim: f64,
     /// Images on which the agent raised the hole-PSNR.
     pub improved: usize,
     /// The best single action of the set applied 1..=steps times to the hole pixels, with its
@@ -255,39 +272,99 @@ pub struct RefineMetrics {
     pub best_fixed: Option<(String, f64)>,
     /// Fraction of hole pixel-steps per action.
     pub action_share: Vec<(String, f64)>,
+    /// Action shares per zone: hole seam, hole interior, outside.
+    #[serde(default)]
+    pub zones: Vec<super::stats::ZoneShare>,
+    /// Action shares of the hole pixels per step.
+    #[serde(default)]
+    pub per_step: Vec<super::stats::ZoneShare>,
 }
 
-/// Evaluates a refine `agent` on `clean` images with seeded scattered damage (specks and
-/// hairs, `coverage` of the image) filled by Telea.
-pub fn eval_refine(
-    agent: &Agent,
+/// One held-out refinement case.
+#[derive(Clone, Debug)]
+pub struct RefineCase {
+    /// The clean crop.
+    pub target: Frame,
+    /// The starting fill.
+    pub start: Frame,
+    /// The holes (row-major).
+    pub hole: Vec<bool>,
+}
+
+/// Seeded cases on `clean`: `holes` per crop (scattered damage at exactly `coverage` when
+/// given, as in the shipped `rl-refine`'s protocol), filled by `start`. Crops whose mask comes
+/// out empty are skipped.
+pub fn refine_cases(
     clean: &[Frame],
-    coverage: f64,
+    holes: crate::train::rl::HoleKind,
+    coverage: Option<f64>,
+    start: &crate::train::rl::StartFill,
     seed: u64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> RlResult<Vec<RefineCase>> {
+    let mut out = Vec::with_capacity(clean.len());
+    for (i, target) in clean.iter().enumerate() {
+        let s = crate::train::mix(seed, i as u64);
+        let hole = match (holes, coverage) {
+            (crate::train::rl::HoleKind::Scattered, Some(c)) => {
+                crate::imaging::mask_synth::scattered_damage(target.w, target.h, c, s)
+                    .data()
+                    .to_vec()
+            }
+            (kind, _) => kind.mask(target.w, target.h, s),
+        };
+        progress(i + 1, clean.len());
+        if !hole.iter().any(|&h| h) {
+            continue;
+        }
+        let fill = start
+            .fill(target, &hole)
+            .map_err(|e| super::net::RlError::Invalid(e.to_string()))?;
+        out.push(RefineCase {
+            target: target.clone(),
+            start: fill,
+            hole,
+        });
+    }
+    Ok(out)
+}
+
+fn clipped(f: &Frame) -> Frame {
+    let mut g = f.clone();
+    for v in g.data.iter_mut() {
+        *v = v.clamp(0.0, 1.0);
+    }
+    g
+}
+
+/// Evaluates a refine `agent` on `cases` (fill `start_name`): hole-PSNR and whole-crop SSIM
+/// of the start and of the agent's greedy episode, the best fixed action, and the action
+/// statistics per zone.
+pub fn eval_refine_cases(
+    agent: &Agent,
+    cases: &[RefineCase],
+    start_name: &str,
     progress: &mut dyn FnMut(usize, usize),
 ) -> RlResult<RefineMetrics> {
     let mut before = 0.0;
     let mut after = 0.0;
+    let mut ssim_before = 0.0;
+    let mut ssim_after = 0.0;
     let mut improved = 0;
     let mut counts = vec![0u64; agent.set.len()];
+    let mut zones = super::stats::ActionStats::new(&agent.set, &super::stats::REFINE_ZONES);
+    let mut per_step = super::stats::ActionStats::per_step(&agent.set, agent.steps());
     let steps = agent.steps();
     let mut fixed = vec![vec![0.0f64; steps]; agent.set.len()];
-    for (i, target) in clean.iter().enumerate() {
-        let s = crate::train::mix(seed, i as u64);
-        let mask = crate::imaging::mask_synth::scattered_damage(target.w, target.h, coverage, s);
-        let hole = mask.data().to_vec();
-        if mask.is_empty() {
-            continue;
-        }
-        let start = crate::train::rl::classical_fill(target, &hole)
-            .map_err(|e| super::net::RlError::Invalid(e.to_string()))?;
-        let run = agent.run(&start, Some(&hole), &mut |_, _| true)?;
-        let b = psnr(start.mse(target, Some(&hole)));
-        let mut out = run.image.clone();
-        for v in out.data.iter_mut() {
-            *v = v.clamp(0.0, 1.0);
-        }
-        let a = psnr(out.mse(target, Some(&hole)));
+    for (i, case) in cases.iter().enumerate() {
+        let (target, start, hole) = (&case.target, &case.start, &case.hole);
+        let run = agent.run(start, Some(hole), &mut |_, _| true)?;
+        let b = psnr(clipped(start).mse(target, Some(hole)));
+        let out = clipped(&run.image);
+        let a = psnr(out.mse(target, Some(hole)));
+        let t_img = target.to_image();
+        ssim_before += crate::imaging::metrics::ssim(&clipped(start).to_image(), &t_img);
+        ssim_after += crate::imaging::metrics::ssim(&out.to_image(), &t_img);
         let known: Vec<bool> = hole.iter().map(|&h| !h).collect();
         let per_action: Vec<Vec<f64>> = agent
             .set
@@ -297,12 +374,8 @@ pub fn eval_refine(
                 let choice = vec![0u8; f.w * f.h];
                 (0..steps)
                     .map(|_| {
-                        f = super::env::step_frame(&f, &[act], &choice, Some(&known), Some(&hole));
-                        let mut g = f.clone();
-                        for v in g.data.iter_mut() {
-                            *v = v.clamp(0.0, 1.0);
-                        }
-                        psnr(g.mse(target, Some(&hole)))
+                        f = super::env::step_frame(&f, &[act], &choice, Some(&known), Some(hole));
+                        psnr(clipped(&f).mse(target, Some(hole)))
                     })
                     .collect()
             })
@@ -319,13 +392,18 @@ pub fn eval_refine(
         }
         for (c, n) in counts
             .iter_mut()
-            .zip(action_share(&agent.set, &run.maps, Some(&hole)))
+            .zip(action_share(&agent.set, &run.maps, Some(hole)))
         {
             *c += n;
         }
-        progress(i + 1, clean.len());
+        per_step.add_steps(&run.maps, Some(hole));
+        zones.add(
+            &run.maps,
+            &super::stats::refine_zones(hole, target.w, target.h),
+        );
+        progress(i + 1, cases.len());
     }
-    let n = clean.len().max(1) as f64;
+    let n = cases.len().max(1) as f64;
     let all: u64 = counts.iter().sum::<u64>().max(1);
     let mut best_fixed: Option<(String, f64)> = None;
     for (act, reps) in agent.set.iter().zip(&fixed) {
@@ -338,9 +416,12 @@ pub fn eval_refine(
     Ok(RefineMetrics {
         best_fixed,
         protocol: String::new(),
-        images: clean.len(),
-        telea_hole_psnr_db: before / n,
+        images: cases.len(),
+        start: start_name.to_owned(),
+        start_hole_psnr_db: before / n,
         agent_hole_psnr_db: after / n,
+        start_ssim: ssim_before / n,
+        agent_ssim: ssim_after / n,
         improved,
         action_share: agent
             .set
@@ -348,5 +429,28 @@ pub fn eval_refine(
             .zip(&counts)
             .map(|(a, &c)| (a.name().to_owned(), c as f64 / all as f64))
             .collect(),
+        zones: zones.shares(),
+        per_step: per_step.shares(),
     })
+}
+
+/// Evaluates a refine `agent` on `clean` images with seeded scattered damage (specks and
+/// hairs, `coverage` of the image) filled by Telea (the shipped `rl-refine`'s protocol).
+pub fn eval_refine(
+    agent: &Agent,
+    clean: &[Frame],
+    coverage: f64,
+    seed: u64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> RlResult<RefineMetrics> {
+    let start = crate::train::rl::StartFill::Telea;
+    let cases = refine_cases(
+        clean,
+        crate::train::rl::HoleKind::Scattered,
+        Some(coverage),
+        &start,
+        seed,
+        &mut |_, _| {},
+    )?;
+    eval_refine_cases(agent, &cases, start.name(), progress)
 }

@@ -1,6 +1,8 @@
-//! `rl-refine`: a Telea fill improved by a PixelRL agent acting on the hole pixels only.
+//! `rl-refine`: a fill (Telea, or the restorer named in the agent's manifest) improved by a
+//! PixelRL agent acting on the hole pixels only.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::imaging::{ImageF32, Mask, Rect};
 use crate::restore::telea::Telea;
@@ -12,14 +14,28 @@ use super::agent::Agent;
 use super::env::Frame;
 use super::net::{RlError, RlResult};
 
-/// The refinement restorer: Telea fill, then a greedy episode of the agent on the holes.
+/// The refinement restorer: the starting fill, then a greedy episode of the agent on the holes.
 pub struct RlRefine {
+    id: &'static str,
     agent: Agent,
+    /// The starting fill; Telea when `None`.
+    start: Option<Arc<dyn Restorer>>,
 }
 
 impl RlRefine {
-    /// Loads the `refine` agent `<dir>/<id>.safetensors` + `<id>.json`.
-    pub fn load(dir: &Path, id: &str) -> RlResult<Self> {
+    /// Loads the `refine` agent `<dir>/<id>.safetensors` + `<id>.json` whose manifest names
+    /// Telea (or nothing) as its starting fill.
+    pub fn load(dir: &Path, id: &'static str) -> RlResult<Self> {
+        Self::load_with_start(dir, id, None)
+    }
+
+    /// Loads the agent `id`, starting from `start` (the restorer its manifest names; `None`
+    /// for Telea). Refuses a manifest whose start fill is not the one given.
+    pub fn load_with_start(
+        dir: &Path,
+        id: &'static str,
+        start: Option<(&str, Arc<dyn Restorer>)>,
+    ) -> RlResult<Self> {
         let agent = Agent::load(dir, id)?;
         if agent.manifest.task != "refine" {
             return Err(RlError::Invalid(format!(
@@ -27,7 +43,18 @@ impl RlRefine {
                 agent.manifest.task
             )));
         }
-        Ok(Self { agent })
+        let wanted = agent.manifest.start.as_deref().unwrap_or("telea");
+        let given = start.as_ref().map_or("telea", |(name, _)| *name);
+        if wanted != given {
+            return Err(RlError::Invalid(format!(
+                "{id} was trained on '{wanted}' fills, but '{given}' was given"
+            )));
+        }
+        Ok(Self {
+            id,
+            agent,
+            start: start.map(|(_, r)| r),
+        })
     }
 }
 
@@ -65,16 +92,25 @@ pub fn refine_fill(
 
 impl Restorer for RlRefine {
     fn id(&self) -> &'static str {
-        "rl-refine"
+        self.id
     }
 
+    /// The starting fill's parameters (none for Telea, as before).
     fn param_specs(&self) -> Vec<ParamSpec> {
-        Vec::new()
+        self.start
+            .as_ref()
+            .map(|s| s.param_specs())
+            .unwrap_or_default()
     }
 
-    /// Telea's context plus the agent's reach (receptive radius 11 + filter radius 2).
+    /// The starting fill's context, and at least the agent's reach (receptive radius 11 +
+    /// filter radius 2).
     fn context_margin(&self, params: &Params, hole: Rect) -> usize {
-        Telea.context_margin(params, hole).max(16)
+        match &self.start {
+            Some(s) => s.context_margin(params, hole),
+            None => Telea.context_margin(params, hole),
+        }
+        .max(16)
     }
 
     fn restore(
@@ -85,7 +121,10 @@ impl Restorer for RlRefine {
         rep: &dyn Reporter,
     ) -> Result<ImageF32, RestoreError> {
         check_inputs(image, mask)?;
-        let filled = Telea.restore(image, mask, params, rep)?;
+        let filled = match &self.start {
+            Some(s) => s.restore(image, mask, params, rep)?,
+            None => Telea.restore(image, mask, params, rep)?,
+        };
         checkpoint(rep)?;
         let steps = self.agent.steps() as u64;
         let mut cancelled = false;

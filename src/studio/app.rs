@@ -115,6 +115,8 @@ pub struct StudioApp {
     pub(super) detect: super::detect::DetectTool,
     /// The latent explorer window (L).
     pub(super) latent: super::latent::LatentPanel,
+    /// The RL episode viewer window (R).
+    pub(super) episode: super::episode::EpisodeViewer,
 }
 
 /// Default Save As name: `<name>_restored.<ext>` next to the source.
@@ -144,6 +146,7 @@ impl StudioApp {
         let models = registry.list();
         let gan_train = super::gan_train::GanTrainPanel::new(registry.weights_dir().to_owned());
         let latent = super::latent::LatentPanel::new(registry.weights_dir().to_owned());
+        let episode = super::episode::EpisodeViewer::new(registry.weights_dir().to_owned());
         let mut app = Self {
             doc: None,
             textures: None,
@@ -168,6 +171,7 @@ impl StudioApp {
             gan_train,
             detect: Default::default(),
             latent,
+            episode,
         };
         app.select_model("auto");
         match image {
@@ -614,6 +618,7 @@ impl StudioApp {
             return;
         };
         let events: Vec<_> = engine.events().try_iter().collect();
+        self.episode.take_engine_events(&events);
         let JobState::Running(job) = &mut self.job else {
             return;
         };
@@ -744,6 +749,7 @@ impl StudioApp {
         }
         self.gan_train_window(&ctx);
         self.latent_window(&ctx);
+        self.episode_window(&ctx);
         self.help_overlay(&ctx);
         self.close_prompt(&ctx);
 

@@ -12,6 +12,9 @@
 //!   driving a [`latent_model::LatentModel`] on its own worker ([`latent_worker`])
 //! - [`gan_train`]: the live GAN training view (loss curves and a fixed-seed sample grid as it
 //!   learns), training on its own worker ([`gan_train_worker`])
+//! - [`episode`]: the RL episode viewer (R): an episode of `rl-denoise` or `rl-refine(-cgan)` run
+//!   on the worker, stepped through with an action overlay, its legend and the reward per step
+//!   (its window is drawn by `episode_ui`)
 //! - [`demo`]: the built-in damaged photo shown on a first launch
 //!
 //! The studio contains no restoration logic: every repair is a job for the
@@ -22,6 +25,8 @@ pub mod canvas;
 pub mod demo;
 pub mod detect;
 pub mod document;
+pub mod episode;
+mod episode_ui;
 pub mod gan_train;
 pub mod gan_train_worker;
 pub mod latent;

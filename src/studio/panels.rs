@@ -105,6 +105,14 @@ impl StudioApp {
                     {
                         self.latent.set_open(latent);
                     }
+                    let mut episode = self.episode.is_open();
+                    if ui
+                        .toggle_value(&mut episode, "RL episode viewer (R)")
+                        .on_hover_text("Run an RL agent and step through its episode")
+                        .changed()
+                    {
+                        self.episode.set_open(episode);
+                    }
                     if ui
                         .button("Shortcuts (F1)")
                         .on_hover_text("List every keyboard shortcut")

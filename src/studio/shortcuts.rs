@@ -14,7 +14,7 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
     ("Ctrl+Z", "Undo"),
     ("Ctrl+Shift+Z, Ctrl+Y", "Redo"),
     ("Enter", "Run the selected model on the mask"),
-    ("Esc", "Cancel the running job"),
+    ("Esc", "Cancel the running job (and a running RL episode)"),
     ("D", "Detect damage (a proposal to edit, then accept)"),
     ("Tab (hold)", "Show the original"),
     ("Wheel", "Zoom around the pointer"),
@@ -22,6 +22,9 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
     ("Space+drag, middle or right drag", "Pan"),
     ("G", "Show or hide the live GAN training view"),
     ("L", "Show or hide the latent explorer"),
+    ("R", "Show or hide the RL episode viewer"),
+    (", / .", "RL episode viewer: one step back / forward"),
+    ("Home / End", "RL episode viewer: first / newest step"),
     ("F1", "Show or hide this list"),
 ];
 
@@ -71,6 +74,9 @@ impl StudioApp {
         if !typing && ctx.input_mut(|i| i.consume_key(Modifiers::NONE, Key::L)) {
             self.toggle_latent();
         }
+        if !typing {
+            self.episode_keys(ctx);
+        }
         if open {
             self.open_dialog(ctx);
         }
@@ -97,6 +103,7 @@ impl StudioApp {
                 self.show_help = false;
             } else {
                 self.cancel();
+                self.cancel_episode();
             }
         }
         if brush {
@@ -110,6 +117,37 @@ impl StudioApp {
         }
         if larger {
             self.canvas.resize_brush(true);
+        }
+    }
+
+    /// R shows the episode viewer; while it is open, `,` `.` Home End step through it.
+    fn episode_keys(&mut self, ctx: &egui::Context) {
+        if ctx.input_mut(|i| i.consume_key(Modifiers::NONE, Key::R)) {
+            self.toggle_episode();
+        }
+        if !self.episode().is_open() {
+            return;
+        }
+        let (back, forward, first, last) = ctx.input_mut(|i| {
+            (
+                i.consume_key(Modifiers::NONE, Key::Comma),
+                i.consume_key(Modifiers::NONE, Key::Period),
+                i.consume_key(Modifiers::NONE, Key::Home),
+                i.consume_key(Modifiers::NONE, Key::End),
+            )
+        });
+        let v = self.episode_mut();
+        if back {
+            v.step_back();
+        }
+        if forward {
+            v.step_forward();
+        }
+        if first {
+            v.show_step(0);
+        }
+        if last {
+            v.show_step(usize::MAX);
         }
     }
 

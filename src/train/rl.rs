@@ -79,26 +79,160 @@ pub fn add_noise(clean: &Frame, sigma: f64, seed: u64) -> Frame {
 
 /// A Telea fill of `hole` in `clean` (the refine task's starting point).
 pub fn classical_fill(clean: &Frame, hole: &[bool]) -> TrainResult<Frame> {
-    use crate::restore::Restorer;
-    let img = clean.to_image();
-    let mask = crate::imaging::Mask::from_vec(clean.w, clean.h, hole.to_vec())
-        .ok_or_else(|| TrainError::Invalid("mask size".into()))?;
-    if mask.is_empty() {
-        return Ok(clean.clone());
-    }
-    let out = crate::restore::telea::Telea
-        .restore(
-            &img,
-            &mask,
-            &crate::restore::Params::new(),
-            &crate::restore::NullReporter,
-        )
-        .map_err(|e| TrainError::Invalid(e.to_string()))?;
-    Frame::from_image(&out).ok_or_else(|| TrainError::Invalid("fill is not RGB".into()))
+    StartFill::Telea.fill(clean, hole)
 }
 
-/// Episode start for one clean crop, a function of `seed` only.
+/// The fill a refine episode starts from.
+#[derive(Clone)]
+pub enum StartFill {
+    /// Telea fast marching (the shipped `rl-refine`).
+    Telea,
+    /// Any restorer of the registry (`cgan-inpaint`, `auto`, ...), run on the whole crop.
+    Restorer {
+        /// Its registry id (recorded in the manifest).
+        id: String,
+        /// The restorer.
+        restorer: std::sync::Arc<dyn crate::restore::Restorer>,
+    },
+}
+
+impl std::fmt::Debug for StartFill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl StartFill {
+    /// The registry id of the fill.
+    pub fn name(&self) -> &str {
+        match self {
+            StartFill::Telea => "telea",
+            StartFill::Restorer { id, .. } => id,
+        }
+    }
+
+    /// The start fill `id` from `registry` (`telea` needs no weights).
+    pub fn from_registry(
+        registry: &crate::models::registry::Registry,
+        id: &str,
+    ) -> TrainResult<Self> {
+        if id == "telea" {
+            return Ok(StartFill::Telea);
+        }
+        let restorer = registry
+            .restorer(id)
+            .map_err(|e| TrainError::Invalid(format!("start fill {id}: {e}")))?;
+        Ok(StartFill::Restorer {
+            id: id.to_owned(),
+            restorer,
+        })
+    }
+
+    /// Fills `hole` of `clean` (the hole pixels of `clean` are never read).
+    pub fn fill(&self, clean: &Frame, hole: &[bool]) -> TrainResult<Frame> {
+        use crate::restore::Restorer;
+        let mask = crate::imaging::Mask::from_vec(clean.w, clean.h, hole.to_vec())
+            .ok_or_else(|| TrainError::Invalid("mask size".into()))?;
+        if mask.is_empty() {
+            return Ok(clean.clone());
+        }
+        // Blank the holes, so no restorer can peek at the answer.
+        let mut damaged = clean.clone();
+        let plane = clean.w * clean.h;
+        for (p, _) in hole.iter().enumerate().filter(|(_, &h)| h) {
+            for c in 0..3 {
+                damaged.data[c * plane + p] = 0.5;
+            }
+        }
+        let img = damaged.to_image();
+        let params = crate::restore::Params::new();
+        let rep = crate::restore::NullReporter;
+        let out = match self {
+            StartFill::Telea => crate::restore::telea::Telea.restore(&img, &mask, &params, &rep),
+            StartFill::Restorer { restorer, .. } => restorer.restore(&img, &mask, &params, &rep),
+        }
+        .map_err(|e| TrainError::Invalid(e.to_string()))?;
+        Frame::from_image(&out).ok_or_else(|| TrainError::Invalid("fill is not RGB".into()))
+    }
+}
+
+/// Which holes a refine episode has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum HoleKind {
+    /// Scattered specks and hairs, 3-12% of the crop (the shipped `rl-refine`).
+    Scattered,
+    /// The cGAN's training damage without the artifact cut-outs: free-form brush strokes (wide
+    /// holes) in most crops, plus scratches, hairs and dust.
+    Mixed,
+}
+
+impl HoleKind {
+    /// `scattered` or `mixed`.
+    pub fn name(self) -> &'static str {
+        match self {
+            HoleKind::Scattered => "scattered",
+            HoleKind::Mixed => "mixed",
+        }
+    }
+
+    /// The hole map (row-major) of a `w x h` crop for `seed`.
+    pub fn mask(self, w: usize, h: usize, seed: u64) -> Vec<bool> {
+        match self {
+            HoleKind::Scattered => {
+                let mut rng = StdRng::seed_from_u64(seed ^ 0x0e15);
+                let coverage = rng.random_range(0.03..0.12);
+                crate::imaging::mask_synth::scattered_damage(w, h, coverage, seed)
+                    .data()
+                    .to_vec()
+            }
+            HoleKind::Mixed => {
+                let blank = crate::imaging::ImageF32::from_fn(w, h, 3, |_, _, _| 0.5);
+                let cfg = super::damage_synth::DamageConfig {
+                    brush: 0.85,
+                    artifacts: 0.0,
+                    max_coverage: 0.4,
+                    ..Default::default()
+                };
+                let (_, mask) = super::damage_synth::synthesize(&blank, None, &cfg, seed);
+                mask.data().to_vec()
+            }
+        }
+    }
+}
+
+/// How refine episodes are made: the holes and the fill they start from.
+#[derive(Clone, Debug)]
+pub struct RefineSetup {
+    /// The starting fill.
+    pub start: StartFill,
+    /// The holes.
+    pub holes: HoleKind,
+}
+
+impl Default for RefineSetup {
+    /// Telea on scattered specks and hairs (the shipped `rl-refine`).
+    fn default() -> Self {
+        Self {
+            start: StartFill::Telea,
+            holes: HoleKind::Scattered,
+        }
+    }
+}
+
+/// Episode start for one clean crop, a function of `seed` only (refine: Telea on scattered
+/// damage, see [`make_episode_with`]).
 pub fn make_episode(task: Task, clean: Frame, sigmas: &[f64], seed: u64) -> TrainResult<Episode> {
+    make_episode_with(task, clean, sigmas, seed, &RefineSetup::default())
+}
+
+/// Episode start for one clean crop, a function of `seed` only; refine episodes follow `setup`.
+pub fn make_episode_with(
+    task: Task,
+    clean: Frame,
+    sigmas: &[f64],
+    seed: u64,
+    setup: &RefineSetup,
+) -> TrainResult<Episode> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x0e15);
     match task {
         Task::Denoise => {
@@ -114,11 +248,8 @@ pub fn make_episode(task: Task, clean: Frame, sigmas: &[f64], seed: u64) -> Trai
             })
         }
         Task::Refine => {
-            let coverage = rng.random_range(0.03..0.12);
-            let mask =
-                crate::imaging::mask_synth::scattered_damage(clean.w, clean.h, coverage, seed);
-            let hole = mask.data().to_vec();
-            let state = classical_fill(&clean, &hole)?;
+            let hole = setup.holes.mask(clean.w, clean.h, seed);
+            let state = setup.start.fill(&clean, &hole)?;
             Ok(Episode {
                 target: clean,
                 state,
@@ -130,6 +261,7 @@ pub fn make_episode(task: Task, clean: Frame, sigmas: &[f64], seed: u64) -> Trai
 
 /// The episodes of update `index`: a function of `(seed, index)` only, so a resumed run sees
 /// the same data.
+#[allow(clippy::too_many_arguments)]
 pub fn episode_batch(
     task: Task,
     source: &CropSource,
@@ -138,6 +270,7 @@ pub fn episode_batch(
     crop: usize,
     seed: u64,
     index: u64,
+    setup: &RefineSetup,
 ) -> TrainResult<Vec<Episode>> {
     (0..batch)
         .into_par_iter()
@@ -147,7 +280,7 @@ pub fn episode_batch(
             let img = source.crop(&mut rng, crop)?;
             let clean = Frame::from_image(&img)
                 .ok_or_else(|| TrainError::Invalid("crop not RGB".into()))?;
-            make_episode(task, clean, sigmas, s)
+            make_episode_with(task, clean, sigmas, s, setup)
         })
         .collect()
 }
@@ -264,6 +397,11 @@ pub struct RlTrainConfig {
     pub data_license: String,
     /// Command line.
     pub command: String,
+    /// Refine episodes: holes and starting fill.
+    pub refine: RefineSetup,
+    /// Start a fresh run from these weights (`<stem>.safetensors`, same sizes) instead of a
+    /// random network: fine-tuning. Ignored when resuming from a checkpoint.
+    pub init: Option<PathBuf>,
 }
 
 /// What an update reports to the caller.
@@ -401,6 +539,7 @@ pub fn train_rl(
     let mut running = (0.0, 0.0);
     let mut last_val = None;
     let mut counts = vec![0u64; set.len()];
+    let mut resumed = false;
     if cfg.resume {
         if let Some(state) = load_checkpoint(&mut t, &cfg.runs_dir, dev)? {
             if state.task != cfg.task
@@ -417,6 +556,7 @@ pub fn train_rl(
                     state.seed
                 )));
             }
+            resumed = true;
             update = state.update;
             past_seconds = state.train_seconds;
             running = state.running;
@@ -424,6 +564,18 @@ pub fn train_rl(
             if state.action_counts.len() == counts.len() {
                 counts = state.action_counts;
             }
+        }
+    }
+    if let (false, Some(init)) = (resumed, &cfg.init) {
+        let path = with_ext(init, "safetensors");
+        let loaded = LoadedNet::load(t.net.cfg, &path, dev).map_err(rl_err)?;
+        let src = named_vars(&loaded.varmap).map_err(rl_err)?;
+        for (name, var) in named_vars(&t.net.varmap).map_err(rl_err)? {
+            let v = src
+                .iter()
+                .find(|(n, _)| *n == name)
+                .ok_or_else(|| TrainError::Invalid(format!("{}: no {name}", path.display())))?;
+            var.set(v.1.as_tensor())?;
         }
     }
     let start = Instant::now();
@@ -449,6 +601,7 @@ pub fn train_rl(
             cfg.crop,
             cfg.seed,
             update,
+            &cfg.refine,
         )?;
         let mut rng = StdRng::seed_from_u64(mix(cfg.seed ^ 0xac7, update));
         let stats = t.update(&mut eps, &mut rng, dev)?;
@@ -538,6 +691,9 @@ pub fn train_rl(
         last_train: Some(running),
         metrics: None,
         refine_metrics: None,
+        start: (cfg.task == Task::Refine).then(|| cfg.refine.start.name().to_owned()),
+        holes: (cfg.task == Task::Refine).then(|| cfg.refine.holes.name().to_owned()),
+        init: cfg.init.as_ref().map(|p| p.display().to_string()),
     };
     let json = with_ext(&cfg.out, "json");
     // The weights changed, so held-out metrics are measured afresh (`kintsugi denoise --eval`).
