@@ -147,7 +147,19 @@ fn models_lists_classical_and_explains_unavailable() {
             "{out}"
         );
     }
-    assert!(out.contains("gan-faces") && out.contains("why:"), "{out}");
+    // With an empty weights folder every learned model is listed as unavailable, with why.
+    let empty = tempfile::tempdir().expect("tmp");
+    let out = Command::new(env!("CARGO_BIN_EXE_kintsugi"))
+        .arg("models")
+        .env("KINTSUGI_WEIGHTS", empty.path())
+        .output()
+        .expect("run kintsugi");
+    assert!(out.status.success());
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.contains("gan-faces") && out.contains("why:") && out.contains("weights not found"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -236,7 +236,11 @@ fn restore_job_changes_only_hole_pixels_and_streams_progress() {
 
 #[test]
 fn unknown_and_unavailable_models_fail_cleanly() {
-    let e = engine();
+    // An empty weights folder: every learned model is unavailable.
+    let empty = tempfile::tempdir().expect("tmp");
+    let mut config = EngineConfig::with_threads(1);
+    config.registry = kintsugi::models::registry::Registry::new(empty.path());
+    let e = Engine::start(config).expect("engine starts");
     for (model, needle) in [
         ("no-such-model", "unknown model"),
         ("gan-faces", "unavailable"),

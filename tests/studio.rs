@@ -196,7 +196,12 @@ fn save_as_writes_a_new_file_and_never_the_source() {
 
 #[test]
 fn models_without_weights_are_listed_but_disabled() {
-    let mut h = harness(app_on(test_image(32, 32), BitDepth::U8));
+    // An empty weights folder: the learned models have no weights.
+    let empty = tempfile::tempdir().expect("tmp");
+    let mut config = EngineConfig::with_threads(1);
+    config.registry = kintsugi::models::registry::Registry::new(empty.path());
+    let app = StudioApp::new(Some((test_image(32, 32), BitDepth::U8, None)), config);
+    let mut h = harness(app);
     h.step();
     let telea = h.get_by_label_contains("telea  [classical]");
     assert!(!telea.accesskit_node().is_disabled());

@@ -144,7 +144,7 @@ impl Restorer for GanInpaint {
                 name: "iterations",
                 label: "Iterations",
                 help: "Adam steps on the latent codes; each streams a preview.",
-                default: 200.0,
+                default: 100.0,
                 min: 1.0,
                 max: 2000.0,
                 integer: true,
@@ -154,7 +154,7 @@ impl Restorer for GanInpaint {
                 label: "Restarts",
                 help: "Codes optimised together from different random starts; the best match \
                        of the known pixels fills the hole.",
-                default: 8.0,
+                default: 4.0,
                 min: 1.0,
                 max: 64.0,
                 integer: true,
