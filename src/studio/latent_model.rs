@@ -310,6 +310,48 @@ pub fn paste_back(
     Ok((out, holes))
 }
 
+/// Checks one code against the latent size: its length and that every value is finite.
+fn check_code(code: &[f32], d: usize) -> Result<(), LatentError> {
+    if code.len() != d {
+        return Err(LatentError::Invalid(format!(
+            "a code of length {} for latent size {d}",
+            code.len()
+        )));
+    }
+    if code.iter().any(|v| !v.is_finite()) {
+        return Err(LatentError::Invalid("the code is not finite".into()));
+    }
+    Ok(())
+}
+
+/// Decodes `codes` (each checked against latent size `d`) with `net`, which maps `[n, d]` codes
+/// to `[n, 3, s, s]` planar images in `[0, 1]`, into `s x s` RGB images.
+fn decode_with(
+    codes: &[Vec<f32>],
+    d: usize,
+    s: usize,
+    dev: &Device,
+    net: impl Fn(&Tensor) -> Result<Tensor, LatentError>,
+) -> Result<Vec<ImageF32>, LatentError> {
+    if codes.is_empty() {
+        return Ok(Vec::new());
+    }
+    for c in codes {
+        check_code(c, d)?;
+    }
+    let n = codes.len();
+    let flat: Vec<f32> = codes.iter().flatten().copied().collect();
+    let z = Tensor::from_vec(flat, (n, d), dev)?;
+    let planar: Vec<f32> = net(&z)?.flatten_all()?.to_vec1()?;
+    let plane = s * s;
+    Ok((0..n)
+        .map(|i| {
+            let img = &planar[i * 3 * plane..(i + 1) * 3 * plane];
+            ImageF32::from_fn(s, s, 3, |x, y, k| img[k * plane + y * s + x])
+        })
+        .collect())
+}
+
 /// The face VAE as a [`LatentModel`]: decodes with its decoder, encodes to the posterior mean,
 /// samples from the Gaussian fitted to the encoded training set (`<id>.pca.safetensors`, as
 /// `kintsugi sample` does) or from the prior when that file is absent.
@@ -386,20 +428,6 @@ impl VaeLatent {
             dev: Device::Cpu,
         })
     }
-
-    fn check_code(&self, code: &[f32]) -> Result<(), LatentError> {
-        let d = self.latent_dim();
-        if code.len() != d {
-            return Err(LatentError::Invalid(format!(
-                "a code of length {} for latent size {d}",
-                code.len()
-            )));
-        }
-        if code.iter().any(|v| !v.is_finite()) {
-            return Err(LatentError::Invalid("the code is not finite".into()));
-        }
-        Ok(())
-    }
 }
 
 impl LatentModel for VaeLatent {
@@ -416,23 +444,8 @@ impl LatentModel for VaeLatent {
     }
 
     fn decode(&self, codes: &[Vec<f32>]) -> Result<Vec<ImageF32>, LatentError> {
-        if codes.is_empty() {
-            return Ok(Vec::new());
-        }
-        for c in codes {
-            self.check_code(c)?;
-        }
-        let (n, d, s) = (codes.len(), self.latent_dim(), self.image_size());
-        let flat: Vec<f32> = codes.iter().flatten().copied().collect();
-        let z = Tensor::from_vec(flat, (n, d), &self.dev)?;
-        let planar: Vec<f32> = self.model.vae.decode(&z)?.flatten_all()?.to_vec1()?;
-        let plane = s * s;
-        Ok((0..n)
-            .map(|i| {
-                let img = &planar[i * 3 * plane..(i + 1) * 3 * plane];
-                ImageF32::from_fn(s, s, 3, |x, y, k| img[k * plane + y * s + x])
-            })
-            .collect())
+        let (d, s) = (self.latent_dim(), self.image_size());
+        decode_with(codes, d, s, &self.dev, |z| Ok(self.model.vae.decode(z)?))
     }
 
     fn encode(&self, image: &ImageF32) -> Result<Option<Vec<f32>>, LatentError> {
@@ -538,30 +551,8 @@ impl LatentModel for GanLatent {
     }
 
     fn decode(&self, codes: &[Vec<f32>]) -> Result<Vec<ImageF32>, LatentError> {
-        if codes.is_empty() {
-            return Ok(Vec::new());
-        }
-        let (n, d, s) = (codes.len(), self.latent_dim(), self.image_size());
-        if let Some(c) = codes
-            .iter()
-            .find(|c| c.len() != d || c.iter().any(|v| !v.is_finite()))
-        {
-            return Err(LatentError::Invalid(format!(
-                "a code of length {} (finite: {}) for latent size {d}",
-                c.len(),
-                c.iter().all(|v| v.is_finite())
-            )));
-        }
-        let flat: Vec<f32> = codes.iter().flatten().copied().collect();
-        let z = Tensor::from_vec(flat, (n, d), &self.dev)?;
-        let planar: Vec<f32> = self.gan.g.forward(&z)?.flatten_all()?.to_vec1()?;
-        let plane = s * s;
-        Ok((0..n)
-            .map(|i| {
-                let img = &planar[i * 3 * plane..(i + 1) * 3 * plane];
-                ImageF32::from_fn(s, s, 3, |x, y, k| img[k * plane + y * s + x])
-            })
-            .collect())
+        let (d, s) = (self.latent_dim(), self.image_size());
+        decode_with(codes, d, s, &self.dev, |z| Ok(self.gan.g.forward(z)?))
     }
 
     fn encode(&self, _image: &ImageF32) -> Result<Option<Vec<f32>>, LatentError> {
