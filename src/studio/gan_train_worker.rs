@@ -12,11 +12,10 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 
 use crate::engine::{panic_message, Notify};
 use crate::imaging::ImageF32;
@@ -143,11 +142,7 @@ pub struct GanTrainEvent {
 pub struct WorkerStartError(String);
 
 /// The worker thread and its channels.
-pub struct GanTrainWorker {
-    tx: Option<Sender<GanCommand>>,
-    rx: Option<Receiver<GanTrainEvent>>,
-    thread: Option<JoinHandle<()>>,
-}
+pub type GanTrainWorker = super::panel_worker::PanelWorker<GanCommand, GanTrainEvent>;
 
 impl GanTrainWorker {
     /// Starts the idle thread. Training runs in a rayon pool of `threads` threads; `notify` is
@@ -164,47 +159,7 @@ impl GanTrainWorker {
             .name("kintsugi-gan-train".into())
             .spawn(move || serve(commands, events, notify, pool))
             .map_err(|e| WorkerStartError(e.to_string()))?;
-        Ok(Self {
-            tx: Some(tx),
-            rx: Some(rx),
-            thread: Some(thread),
-        })
-    }
-
-    /// Queues a command without blocking; gives it back when the queue is full or the thread
-    /// has ended.
-    pub fn send(&self, c: GanCommand) -> Result<(), GanCommand> {
-        match &self.tx {
-            Some(tx) => tx.try_send(c).map_err(|e| match e {
-                TrySendError::Full(c) | TrySendError::Disconnected(c) => c,
-            }),
-            None => Err(c),
-        }
-    }
-
-    /// The events that arrived since the last call (never waits).
-    pub fn drain(&self) -> Vec<GanTrainEvent> {
-        self.rx
-            .as_ref()
-            .map(|rx| rx.try_iter().collect())
-            .unwrap_or_default()
-    }
-
-    /// True while the thread runs.
-    pub fn is_alive(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
-    }
-}
-
-impl Drop for GanTrainWorker {
-    fn drop(&mut self) {
-        // Closing both channels makes the thread leave its loop, its wait while paused or a
-        // blocked send; it notices between two steps.
-        self.tx = None;
-        self.rx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Ok(Self::new(tx, rx, thread))
     }
 }
 

@@ -14,10 +14,9 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use super::latent_model::{crop_to_model, paste_back, Interpolation, LatentError, LatentModel};
 use crate::engine::{panic_message, Notify};
@@ -262,11 +261,7 @@ impl Pending {
 }
 
 /// The worker thread and its channels. Dropping it stops the thread after its current unit.
-pub struct LatentWorker {
-    tx: Option<Sender<LatentRequest>>,
-    rx: Option<Receiver<LatentEvent>>,
-    thread: Option<JoinHandle<()>>,
-}
+pub type LatentWorker = super::panel_worker::PanelWorker<LatentRequest, LatentEvent>;
 
 impl LatentWorker {
     /// Starts the thread: it runs `loader`, reports `Ready` or `LoadFailed`, then serves.
@@ -287,46 +282,7 @@ impl LatentWorker {
             .name("kintsugi-latent".into())
             .spawn(move || serve(loader, requests, events, notify, pool))
             .map_err(|e| LatentError::Invalid(format!("cannot start the latent worker: {e}")))?;
-        Ok(Self {
-            tx: Some(tx),
-            rx: Some(rx),
-            thread: Some(thread),
-        })
-    }
-
-    /// Queues a request without blocking; gives it back when the queue is full (the caller
-    /// retries next frame) or the worker has stopped.
-    pub fn send(&self, r: LatentRequest) -> Result<(), LatentRequest> {
-        match &self.tx {
-            Some(tx) => tx.try_send(r).map_err(|e| match e {
-                TrySendError::Full(r) | TrySendError::Disconnected(r) => r,
-            }),
-            None => Err(r),
-        }
-    }
-
-    /// The events that arrived since the last call.
-    pub fn drain(&self) -> Vec<LatentEvent> {
-        self.rx
-            .as_ref()
-            .map(|rx| rx.try_iter().collect())
-            .unwrap_or_default()
-    }
-
-    /// True while the thread runs.
-    pub fn is_alive(&self) -> bool {
-        self.thread.as_ref().is_some_and(|t| !t.is_finished())
-    }
-}
-
-impl Drop for LatentWorker {
-    fn drop(&mut self) {
-        // Closing both channels makes the thread leave its loop (or its blocked send).
-        self.tx = None;
-        self.rx = None;
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Ok(Self::new(tx, rx, thread))
     }
 }
 

@@ -32,6 +32,7 @@ pub mod gan_train_worker;
 pub mod latent;
 pub mod latent_model;
 pub mod latent_worker;
+pub mod panel_worker;
 mod panels;
 pub mod shortcuts;
 pub mod textures;
