@@ -632,6 +632,14 @@ fn fuzz_seeds_for_weights_and_manifests() {
     write_seeds("manifest", &manifests);
 }
 
+/// The detector manifest `manifest` with its `config` replaced by the JSON `config`.
+fn with_detector_config(manifest: &[u8], config: &str) -> Vec<u8> {
+    let mut m: serde_json::Value =
+        serde_json::from_slice(manifest).unwrap_or_else(|e| panic!("{e}"));
+    m["config"] = serde_json::from_str(config).unwrap_or_else(|e| panic!("{e}"));
+    serde_json::to_vec(&m).unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// The damage detector (`weights/detect-damage.*`): every broken form of its files makes the
 /// learned detector an error, `auto` falls back to the classical detector with a notice that
 /// says why, and detection still works.
@@ -690,6 +698,19 @@ fn every_detector_weights_fault_falls_back_to_the_classical_detector() {
             "manifest of the wrong types",
             Some(weights.clone()),
             Some(br#"{"config": "big", "logit_offset": []}"#.to_vec()),
+        ),
+        (
+            "manifest with absurd sizes",
+            Some(weights.clone()),
+            Some(with_detector_config(&manifest, r#"{"base": 100000000}"#)),
+        ),
+        (
+            "manifest with sizes the weights do not have",
+            Some(weights.clone()),
+            Some(with_detector_config(
+                &manifest,
+                r#"{"base": 24, "mid": 48, "deep": 96, "blocks": 3}"#,
+            )),
         ),
     ];
     let img = ImageF32::from_fn(40, 32, 3, |x, y, _| {

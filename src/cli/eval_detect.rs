@@ -19,7 +19,9 @@ use crate::models::registry::Registry;
 use crate::restore::NullReporter;
 use crate::train::cgan::CropSource;
 use crate::train::damage_synth::ArtifactBank;
-use crate::train::detect::{synth_sample, synth_sample_full, LabelStats, VISIBLE_CHANGE};
+use crate::train::detect::{
+    synth_change, synth_sample, synth_sample_full, LabelStats, VISIBLE_CHANGE,
+};
 
 /// Arguments of `eval-detect`.
 #[derive(Debug, clap::Args)]
@@ -134,6 +136,70 @@ fn tol_line(label: &str, t: &Tolerant) -> String {
     )
 }
 
+/// Upper ends of the change bins of [`ChangeRecall`] (the lowest starts at [`VISIBLE_CHANGE`]).
+const CHANGE_BINS: [f32; 4] = [0.08, 0.15, 0.3, f32::INFINITY];
+
+/// Recall of the ground truth split by how much the damage changed the pixel: tells faint
+/// damage (near the grain's amplitude) from bold damage the detector should never miss.
+#[derive(Default)]
+struct ChangeRecall {
+    truth: [u64; 4],
+    found: [u64; 4],
+}
+
+impl ChangeRecall {
+    fn add(&mut self, pred: &Mask, truth: &Mask, change: &[f32]) {
+        for ((&t, &p), &d) in truth.data().iter().zip(pred.data()).zip(change) {
+            if t {
+                let b = CHANGE_BINS.iter().position(|&hi| d < hi).unwrap_or(3);
+                self.truth[b] += 1;
+                self.found[b] += u64::from(p);
+            }
+        }
+    }
+
+    fn label(b: usize) -> String {
+        let lo = if b == 0 {
+            VISIBLE_CHANGE
+        } else {
+            CHANGE_BINS[b - 1]
+        };
+        match CHANGE_BINS[b] {
+            hi if hi.is_finite() => format!("{lo}-{hi}"),
+            _ => format!(">{lo}"),
+        }
+    }
+
+    fn line(&self) -> String {
+        let total = self.truth.iter().sum::<u64>().max(1) as f64;
+        let parts: Vec<String> = (0..4)
+            .map(|b| {
+                format!(
+                    "{} ({:.0}% of truth) R {:.3}",
+                    Self::label(b),
+                    100.0 * self.truth[b] as f64 / total,
+                    self.found[b] as f64 / self.truth[b].max(1) as f64
+                )
+            })
+            .collect();
+        format!("recall by change: {}", parts.join("; "))
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        for b in 0..4 {
+            m.insert(
+                Self::label(b),
+                serde_json::json!({
+                    "truth_pixels": self.truth[b],
+                    "recall": self.found[b] as f64 / self.truth[b].max(1) as f64,
+                }),
+            );
+        }
+        m.into()
+    }
+}
+
 /// Loads a film-damage triplet: the damaged scan and its mask resized to it (bilinear, then
 /// `> 127`).
 fn load_triplet(dir: &Path, id: &str) -> anyhow::Result<(ImageF32, Mask)> {
@@ -235,11 +301,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .with_context(|| format!("reading artifacts in {}", a.film_damage.display()))?;
     let mut rng = StdRng::seed_from_u64(2024);
     let mut items = Vec::new();
+    let mut changes = Vec::new();
     let mut label_stats = LabelStats::default();
     for i in 0..source.len() * a.crops {
         let clean = source.crop(&mut rng, a.crop)?;
-        let s = synth_sample_full(&clean, Some(&bank), 0x5eed_0000 + i as u64);
+        let seed = 0x5eed_0000 + i as u64;
+        let s = synth_sample_full(&clean, Some(&bank), seed);
         label_stats = label_stats.merged(s.stats);
+        changes.push(synth_change(&clean, Some(&bank), seed));
         items.push((s.image, s.mask));
     }
     let coverage: f64 =
@@ -274,9 +343,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let mut sweep = Sweep::default();
         let mut dilated = Counts::default();
         let mut tolerant = Tolerant::default();
+        let mut by_change = ChangeRecall::default();
         for (k, (img, m)) in items.iter().enumerate() {
             let p = probs(det.as_ref(), img)?;
             sweep.add(p.data(), m);
+            by_change.add(&p.threshold(a.sensitivity), m, &changes[k]);
             tolerant = tolerant.merged(Tolerant::of(&p.threshold(a.sensitivity), m, 1));
             if let Some(dir) = a.save_masks.as_ref().filter(|_| k < 8) {
                 std::fs::create_dir_all(dir)?;
@@ -306,8 +377,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             line("synthetic, best threshold", &best),
             1.0 - f32::from(best_level) / 255.0
         );
+        println!("  {}", by_change.line());
         let mut entry = serde_json::Map::new();
         entry.insert("synthetic".into(), counts_json(&c));
+        entry.insert("synthetic_recall_by_change".into(), by_change.json());
         entry.insert("synthetic_dilated_2px".into(), counts_json(&dilated));
         entry.insert("synthetic_tolerant_1px".into(), tol_json(&tolerant));
         entry.insert(

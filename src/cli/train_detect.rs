@@ -32,9 +32,18 @@ pub struct DetectArgs {
     /// Crops per step.
     #[arg(long, default_value_t = 8)]
     pub batch: usize,
-    /// Channels at 1/2 resolution (x2 at 1/4, x3 at 1/8).
-    #[arg(long, default_value_t = 16)]
+    /// Channels at 1/2 resolution (the defaults are the shipped sizes).
+    #[arg(long, default_value_t = 24)]
     pub base: usize,
+    /// Channels at 1/4 resolution (0: 2 x base).
+    #[arg(long, default_value_t = 48)]
+    pub mid: usize,
+    /// Channels at 1/8 resolution (0: 3 x base).
+    #[arg(long, default_value_t = 96)]
+    pub deep: usize,
+    /// Extra residual blocks at 1/8 resolution (more context).
+    #[arg(long, default_value_t = 2)]
+    pub blocks: usize,
     /// Peak learning rate.
     #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
@@ -56,7 +65,7 @@ pub struct DetectArgs {
     /// Continue from the checkpoint in the runs folder.
     #[arg(long)]
     pub resume: bool,
-    /// Start from these weights (same --base) instead of a random initialisation (ignored when
+    /// Start from these weights (same sizes) instead of a random initialisation (ignored when
     /// a checkpoint is resumed).
     #[arg(long)]
     pub init: Option<PathBuf>,
@@ -101,7 +110,12 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| super::train::default_runs_dir(&a.out, "detect-damage"));
     let command = super::train::command_line();
     let cfg = DetectTrainConfig {
-        net: DetectNetConfig { base: a.base },
+        net: DetectNetConfig {
+            base: a.base,
+            mid: a.mid,
+            deep: a.deep,
+            blocks: a.blocks,
+        },
         steps: a.steps,
         batch: a.batch,
         crop: a.crop,
@@ -122,8 +136,8 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
              train::detect::synth_sample_full: curved scratches, hairs, dust specks/blobs, rare \
              brush strokes and {k} real film-damage artifact cut-outs ({art}, up to {p} per \
              category) at 16-96 px (log-uniform), random rotation, opacity and light/dark \
-             colour, then varied opacity (x0.4-1), tint and blur (box r 1-2); 12% of crops \
-             undamaged; whole-crop grey/sepia tone, gamma/contrast, then fine or clumped grain. \
+             colour, faint straight film scratches (30% of crops), then varied opacity (x0.4-1), \
+             tint and blur (box r 1-2); 12% of crops undamaged; whole-crop grey/sepia tone, gamma/contrast, then fine or clumped grain. \
              Labels: the visibly changed pixels (see ground_truth). Validation during training: \
              32 fixed damaged crops of {val}.",
             c = a.crop,

@@ -10,20 +10,23 @@
 //! ```text
 //! in   RGB in [-1, 1], 2x2 space-to-depth          12 ch   1/2
 //! e1   conv 3x3                 12 -> b    relu            1/2
-//! e2   conv 3x3 stride 2         b -> 2b   relu            1/4
-//! e3   conv 3x3                 2b -> 2b   relu            1/4   (skip s4)
-//! e4   conv 3x3 stride 2        2b -> 3b   relu            1/8
-//! m1   conv 3x3                 3b -> 3b   relu            1/8
-//! m2   conv 3x3 dilation 2      3b -> 3b   relu            1/8
-//! u2   conv 1x1 3b -> 2b at 1/8, nearest 2x, + s4, relu         1/4
-//! d2   conv 3x3                 2b -> 2b   relu            1/4
-//! u1   conv 1x1 2b -> b at 1/4, nearest 2x, + e1, relu          1/2
+//! e2   conv 3x3 stride 2         b -> m    relu            1/4
+//! e3   conv 3x3                  m -> m    relu            1/4   (skip s4)
+//! e4   conv 3x3 stride 2         m -> d    relu            1/8
+//! m1   conv 3x3                  d -> d    relu            1/8
+//! m2   conv 3x3 dilation 2       d -> d    relu            1/8
+//! m3.. x + relu(conv 3x3 dil 2 d -> d)     (config.blocks)  1/8
+//! u2   conv 1x1 d -> m at 1/8, nearest 2x, + s4, relu           1/4
+//! d2   conv 3x3                  m -> m    relu            1/4
+//! u1   conv 1x1 m -> b at 1/4, nearest 2x, + e1, relu           1/2
 //! d1   conv 3x3                  b -> b    relu            1/2
 //! out  conv 1x1                  b -> 4    logits of each 2x2 block, depth-to-space
 //! ```
+//! (`b`, `m`, `d` = [`DetectNetConfig::widths`]; the first shipped model had m = 2b, d = 3b.)
 //! A 1x1 conv commutes with nearest upsampling, so it runs before the upsample; skips are added
-//! rather than concatenated. The receptive field radius is about 50 pixels; [`Learned`] uses a
-//! 64-pixel tile halo and 8-aligned tiles, so tiled detection equals a single pass. Any size
+//! rather than concatenated. The receptive field radius is 47 pixels plus 16 per extra block;
+//! [`Learned`] uses a halo above it (64 pixels without extra blocks) and 8-aligned tiles, so
+//! tiled detection equals a single pass. Any size
 //! works: inputs are padded to a multiple of 8 by edge replication and the output cropped back.
 
 use std::collections::HashMap;
@@ -40,31 +43,92 @@ use crate::models::layers::Conv2dFast;
 /// Model id of the shipped detector (`weights/detect-damage.*`).
 pub const MODEL_ID: &str = "detect-damage";
 
-/// Sizes of the network.
+/// Sizes of the network. Manifests written before `mid`, `deep` and `blocks` existed load as
+/// the first shipped sizes (2 base at 1/4, 3 base at 1/8, no extra blocks).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct DetectNetConfig {
-    /// Channels at 1/2 resolution (2x at 1/4, 3x at 1/8).
+    /// Channels at 1/2 resolution.
     pub base: usize,
+    /// Channels at 1/4 resolution; 0 means 2 x `base`.
+    #[serde(default)]
+    pub mid: usize,
+    /// Channels at 1/8 resolution; 0 means 3 x `base`.
+    #[serde(default)]
+    pub deep: usize,
+    /// Extra residual 3x3 blocks (dilation 2) at 1/8 resolution, for context.
+    #[serde(default)]
+    pub blocks: usize,
 }
 
 impl Default for DetectNetConfig {
     fn default() -> Self {
-        Self { base: 16 }
+        Self {
+            base: 16,
+            mid: 0,
+            deep: 0,
+            blocks: 0,
+        }
+    }
+}
+
+impl DetectNetConfig {
+    /// The first shipped sizes for a given `base`.
+    pub fn with_base(base: usize) -> Self {
+        Self {
+            base,
+            ..Self::default()
+        }
+    }
+
+    /// Channels at 1/2, 1/4 and 1/8 resolution.
+    pub fn widths(&self) -> (usize, usize, usize) {
+        let b = self.base.max(1);
+        let m = if self.mid == 0 { 2 * b } else { self.mid };
+        let d = if self.deep == 0 { 3 * b } else { self.deep };
+        (b, m, d)
+    }
+
+    /// Tile halo: the receptive field with room to spare, in whole 8-pixel steps (64 for the
+    /// first shipped sizes, 96 with two extra blocks).
+    pub fn halo(&self) -> usize {
+        (self.receptive_radius() + 17).div_ceil(8) * 8
+    }
+
+    /// Refuses sizes no detector of ours has (a damaged or hand-edited manifest must give an
+    /// error, not an allocation of gigabytes).
+    pub fn check(&self) -> Result<(), String> {
+        let (b, m, d) = self.widths();
+        if b > 256 || m > 512 || d > 1024 || self.blocks > 8 {
+            return Err(format!(
+                "implausible network sizes (base {b}, mid {m}, deep {d}, blocks {})",
+                self.blocks
+            ));
+        }
+        Ok(())
+    }
+
+    /// Radius in full-resolution pixels beyond which no input pixel affects an output pixel
+    /// (rounded up): 47 for the base network, plus 16 per extra block.
+    pub fn receptive_radius(&self) -> usize {
+        47 + 16 * self.blocks
     }
 }
 
 /// One-line architecture for manifests.
 pub fn architecture(cfg: &DetectNetConfig) -> String {
-    let b = cfg.base;
+    let (b, b2, b3) = cfg.widths();
+    let blocks = match cfg.blocks {
+        0 => String::new(),
+        n => format!(" -> {n} residual conv3x3 dil2 {b3}"),
+    };
     format!(
         "tiny U-Net on our fast convs, never at full resolution: RGB in [-1,1] folded 2x2 \
          (space-to-depth, 12 ch at 1/2) -> conv3x3 {b} (1/2) -> conv3x3 s2 {b2} -> conv3x3 {b2} \
-         (1/4) -> conv3x3 s2 {b3} -> conv3x3 {b3} -> conv3x3 dil2 {b3} (1/8) -> conv1x1 {b2} + \
-         nearest-up + skip -> conv3x3 {b2} (1/4) -> conv1x1 {b} + nearest-up + skip -> conv3x3 \
-         {b} (1/2) -> conv1x1 4 logits per 2x2 block (depth-to-space); relu everywhere; \
-         receptive field radius about 50 px",
-        b2 = 2 * b,
-        b3 = 3 * b,
+         (1/4) -> conv3x3 s2 {b3} -> conv3x3 {b3} -> conv3x3 dil2 {b3}{blocks} (1/8) -> conv1x1 \
+         {b2} + nearest-up + skip -> conv3x3 {b2} (1/4) -> conv1x1 {b} + nearest-up + skip -> \
+         conv3x3 {b} (1/2) -> conv1x1 4 logits per 2x2 block (depth-to-space); relu \
+         everywhere; receptive field radius {rf} px",
+        rf = cfg.receptive_radius(),
     )
 }
 
@@ -85,6 +149,8 @@ pub struct DetectNet {
     e4: Conv2dFast,
     m1: Conv2dFast,
     m2: Conv2dFast,
+    /// Extra residual blocks at 1/8 (`m3`, `m4`, ...).
+    blocks: Vec<Conv2dFast>,
     u2: Conv2dFast,
     d2: Conv2dFast,
     u1: Conv2dFast,
@@ -95,19 +161,26 @@ pub struct DetectNet {
 impl DetectNet {
     /// Builds (or loads, through `vb`) the network.
     pub fn new(vb: VarBuilder, c: DetectNetConfig) -> candle_core::Result<Self> {
-        let b = c.base.max(1);
+        let (b, b2, b3) = c.widths();
         let relu = Activation::Relu;
         let id = Activation::Identity;
+        let blocks = (0..c.blocks)
+            .map(|k| {
+                let name = format!("m{}", k + 3);
+                Conv2dFast::new(vb.pp(name), b3, b3, 3, cfg(2, 1, 2), relu)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             e1: Conv2dFast::new(vb.pp("e1"), 12, b, 3, cfg(1, 1, 1), relu)?,
-            e2: Conv2dFast::new(vb.pp("e2"), b, 2 * b, 3, cfg(1, 2, 1), relu)?,
-            e3: Conv2dFast::new(vb.pp("e3"), 2 * b, 2 * b, 3, cfg(1, 1, 1), relu)?,
-            e4: Conv2dFast::new(vb.pp("e4"), 2 * b, 3 * b, 3, cfg(1, 2, 1), relu)?,
-            m1: Conv2dFast::new(vb.pp("m1"), 3 * b, 3 * b, 3, cfg(1, 1, 1), relu)?,
-            m2: Conv2dFast::new(vb.pp("m2"), 3 * b, 3 * b, 3, cfg(2, 1, 2), relu)?,
-            u2: Conv2dFast::new(vb.pp("u2"), 3 * b, 2 * b, 1, cfg(0, 1, 1), id)?,
-            d2: Conv2dFast::new(vb.pp("d2"), 2 * b, 2 * b, 3, cfg(1, 1, 1), relu)?,
-            u1: Conv2dFast::new(vb.pp("u1"), 2 * b, b, 1, cfg(0, 1, 1), id)?,
+            e2: Conv2dFast::new(vb.pp("e2"), b, b2, 3, cfg(1, 2, 1), relu)?,
+            e3: Conv2dFast::new(vb.pp("e3"), b2, b2, 3, cfg(1, 1, 1), relu)?,
+            e4: Conv2dFast::new(vb.pp("e4"), b2, b3, 3, cfg(1, 2, 1), relu)?,
+            m1: Conv2dFast::new(vb.pp("m1"), b3, b3, 3, cfg(1, 1, 1), relu)?,
+            m2: Conv2dFast::new(vb.pp("m2"), b3, b3, 3, cfg(2, 1, 2), relu)?,
+            blocks,
+            u2: Conv2dFast::new(vb.pp("u2"), b3, b2, 1, cfg(0, 1, 1), id)?,
+            d2: Conv2dFast::new(vb.pp("d2"), b2, b2, 3, cfg(1, 1, 1), relu)?,
+            u1: Conv2dFast::new(vb.pp("u1"), b2, b, 1, cfg(0, 1, 1), id)?,
             d1: Conv2dFast::new(vb.pp("d1"), b, b, 3, cfg(1, 1, 1), relu)?,
             out: Conv2dFast::new(vb.pp("out"), b, 4, 1, cfg(0, 1, 1), id)?,
         })
@@ -119,7 +192,10 @@ impl DetectNet {
         let e1 = self.e1.forward(x)?;
         let s4 = self.e3.forward(&self.e2.forward(&e1)?)?;
         let m = self.e4.forward(&s4)?;
-        let m = self.m2.forward(&self.m1.forward(&m)?)?;
+        let mut m = self.m2.forward(&self.m1.forward(&m)?)?;
+        for block in &self.blocks {
+            m = (&m + block.forward(&m)?)?;
+        }
         let u2 = (upsample_nearest2x(&self.u2.forward(&m)?)? + s4)?.relu()?;
         let d2 = self.d2.forward(&u2)?;
         let u1 = (upsample_nearest2x(&self.u1.forward(&d2)?)? + e1)?.relu()?;
@@ -228,6 +304,10 @@ impl LoadedNet {
 
     /// Loads weights from a safetensors file (f16 or f32).
     pub fn load(config: DetectNetConfig, path: &Path, dev: &Device) -> Result<Self, DetectError> {
+        config.check().map_err(|reason| DetectError::Weights {
+            path: path.to_owned(),
+            reason,
+        })?;
         let loaded = Self::fresh(config, 0, dev)?;
         let tensors =
             candle_core::safetensors::load(path, dev).map_err(|e| DetectError::Weights {
@@ -390,7 +470,7 @@ impl Detector for Learned {
     }
 
     fn halo(&self) -> usize {
-        64
+        self.net.config.halo()
     }
 
     fn align(&self) -> usize {
@@ -404,5 +484,77 @@ impl Detector for Learned {
             .into_iter()
             .map(|z| 1.0 / (1.0 + (off - z).exp()))
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifests_without_the_newer_sizes_load_as_the_first_network() {
+        let c: DetectNetConfig =
+            serde_json::from_str(r#"{"base": 16}"#).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c, DetectNetConfig::with_base(16));
+        assert_eq!(c.widths(), (16, 32, 48));
+        assert_eq!(c.blocks, 0);
+        let wide = DetectNetConfig {
+            base: 24,
+            mid: 48,
+            deep: 96,
+            blocks: 2,
+        };
+        assert_eq!(wide.widths(), (24, 48, 96));
+        let text = serde_json::to_string(&wide).unwrap_or_else(|e| panic!("{e}"));
+        let back: DetectNetConfig = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back, wide);
+    }
+
+    /// Farthest output pixel (Chebyshev distance) whose logit moves when one input pixel does.
+    fn measured_reach(cfg: DetectNetConfig) -> usize {
+        let net = LoadedNet::fresh(cfg, 3, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        let det = Learned::from_net(net, 0.0);
+        let side = 320;
+        let img = ImageF32::from_fn(side, side, 3, |x, y, c| {
+            (((x * 7 + y * 13 + c * 5) % 17) as f32 / 17.0) * 0.5 + 0.25
+        });
+        let mut poked = img.clone();
+        let (px, py) = (161, 158);
+        for c in 0..3 {
+            poked.data_mut()[(py * side + px) * 3 + c] = 1.0;
+        }
+        let a = det.logits(&img).unwrap_or_else(|e| panic!("{e}"));
+        let b = det.logits(&poked).unwrap_or_else(|e| panic!("{e}"));
+        let mut reach = 0;
+        for (i, (u, v)) in a.iter().zip(&b).enumerate() {
+            if (u - v).abs() > 1e-6 {
+                let (x, y) = (i % side, i / side);
+                reach = reach.max(x.abs_diff(px).max(y.abs_diff(py)));
+            }
+        }
+        reach
+    }
+
+    #[test]
+    fn the_stated_receptive_field_and_the_halo_cover_what_one_pixel_reaches() {
+        for blocks in [0, 2] {
+            let cfg = DetectNetConfig {
+                base: 4,
+                mid: 6,
+                deep: 8,
+                blocks,
+            };
+            let reach = measured_reach(cfg);
+            let stated = cfg.receptive_radius();
+            assert!(reach <= stated, "blocks {blocks}: reach {reach} > {stated}");
+            // The statement is not loose either: a pixel reaches most of it.
+            assert!(
+                reach + 12 >= stated,
+                "blocks {blocks}: reach {reach} << {stated}"
+            );
+            let net = LoadedNet::fresh(cfg, 3, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+            let halo = Learned::from_net(net, 0.0).halo();
+            assert!(halo > stated && halo % 8 == 0, "halo {halo}");
+        }
     }
 }

@@ -105,6 +105,15 @@ impl CropSource {
         self.images.is_empty()
     }
 
+    /// Photo `i` whole, as an RGB [`ImageF32`] (`None` past the end).
+    pub fn photo(&self, i: usize) -> Option<ImageF32> {
+        let img = self.images.get(i)?;
+        let (w, h) = (img.width() as usize, img.height() as usize);
+        Some(ImageF32::from_fn(w, h, 3, |x, y, c| {
+            f32::from(img.get_pixel(x as u32, y as u32).0[c]) / 255.0
+        }))
+    }
+
     /// A random `size x size` crop (randomly mirrored) as an RGB [`ImageF32`]; photos smaller
     /// than `size` are tiled by edge clamping.
     pub fn crop(&self, rng: &mut StdRng, size: usize) -> TrainResult<ImageF32> {
