@@ -19,9 +19,7 @@ use crate::models::registry::Registry;
 use crate::restore::NullReporter;
 use crate::train::cgan::CropSource;
 use crate::train::damage_synth::ArtifactBank;
-use crate::train::detect::{
-    synth_change, synth_sample, synth_sample_full, LabelStats, VISIBLE_CHANGE,
-};
+use crate::train::detect::{synth_sample, synth_sample_with_change, LabelStats, VISIBLE_CHANGE};
 
 /// Arguments of `eval-detect`.
 #[derive(Debug, clap::Args)]
@@ -306,9 +304,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for i in 0..source.len() * a.crops {
         let clean = source.crop(&mut rng, a.crop)?;
         let seed = 0x5eed_0000 + i as u64;
-        let s = synth_sample_full(&clean, Some(&bank), seed);
+        let (s, change) = synth_sample_with_change(&clean, Some(&bank), seed);
         label_stats = label_stats.merged(s.stats);
-        changes.push(synth_change(&clean, Some(&bank), seed));
+        changes.push(change);
         items.push((s.image, s.mask));
     }
     let coverage: f64 =

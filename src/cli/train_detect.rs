@@ -137,8 +137,8 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
              brush strokes and {k} real film-damage artifact cut-outs ({art}, up to {p} per \
              category) at 16-96 px (log-uniform), random rotation, opacity and light/dark \
              colour, faint straight film scratches (30% of crops), then varied opacity (x0.4-1), \
-             tint and blur (box r 1-2); 12% of crops undamaged; whole-crop grey/sepia tone, gamma/contrast, then fine or clumped grain. \
-             Labels: the visibly changed pixels (see ground_truth). Validation during training: \
+             tint and blur (box r 1-2); 12% of crops undamaged; whole-crop grey/sepia tone, \
+             gamma/contrast, then fine or clumped grain. Labels: the visibly changed pixels (see ground_truth). Validation during training: \
              32 fixed damaged crops of {val}.",
             c = a.crop,
             n = source.len(),

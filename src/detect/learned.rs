@@ -72,14 +72,6 @@ impl Default for DetectNetConfig {
 }
 
 impl DetectNetConfig {
-    /// The first shipped sizes for a given `base`.
-    pub fn with_base(base: usize) -> Self {
-        Self {
-            base,
-            ..Self::default()
-        }
-    }
-
     /// Channels at 1/2, 1/4 and 1/8 resolution.
     pub fn widths(&self) -> (usize, usize, usize) {
         let b = self.base.max(1);
@@ -495,7 +487,7 @@ mod tests {
     fn manifests_without_the_newer_sizes_load_as_the_first_network() {
         let c: DetectNetConfig =
             serde_json::from_str(r#"{"base": 16}"#).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(c, DetectNetConfig::with_base(16));
+        assert_eq!(c, DetectNetConfig::default());
         assert_eq!(c.widths(), (16, 32, 48));
         assert_eq!(c.blocks, 0);
         let wide = DetectNetConfig {

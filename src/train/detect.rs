@@ -115,7 +115,7 @@ fn film_scratches(diff: &mut [f32], clean: &ImageF32, seed: u64) {
         let mut slope: f32 = rng.random_range(-0.03..0.03);
         let half = rng.random_range(0.5..1.25f32);
         let strength = rng.random_range(0.04..0.25f32);
-        let light = rng.random_bool(0.5);
+        let target = if rng.random_bool(0.5) { 1.0 } else { 0.0 };
         // Some scratches break off: a random stretch of the crop.
         let (a0, a1) = if rng.random_bool(0.7) || along < 8 {
             (0, along)
@@ -135,7 +135,6 @@ fn film_scratches(diff: &mut [f32], clean: &ImageF32, seed: u64) {
                 }
                 let (x, y) = if vertical { (c, t) } else { (t, c) };
                 let i = (y * w + x) * 3;
-                let target = if light { 1.0 } else { 0.0 };
                 for k in 0..3 {
                     let d = (target - clean.data()[i + k]) * strength * cover;
                     // Where other damage already changed the pixel more, keep that.
@@ -260,26 +259,26 @@ pub fn synth_sample_full(clean: &ImageF32, bank: Option<&ArtifactBank>, seed: u6
     synth_parts(clean, bank, seed, true).0
 }
 
-/// How much the damage of [`synth_sample_full`] for `seed` changed each pixel (max over the
-/// colour channels, before grain; the labels are this above [`VISIBLE_CHANGE`]); for scoring
-/// detectors by how visible the damage is.
-pub fn synth_change(clean: &ImageF32, bank: Option<&ArtifactBank>, seed: u64) -> Vec<f32> {
-    let n = clean.width() * clean.height();
-    if clean.channels() != 3 {
-        return vec![0.0; n];
-    }
-    let (s, reference) = synth_parts(clean, bank, seed, false);
-    (0..n).map(|i| change(&s.image, &reference, i)).collect()
+/// [`synth_sample_full`] and how much its damage changed each pixel (max over the colour
+/// channels, before grain; the labels are this above [`VISIBLE_CHANGE`]), measured in the same
+/// pass; for scoring detectors by how visible the damage is.
+pub fn synth_sample_with_change(
+    clean: &ImageF32,
+    bank: Option<&ArtifactBank>,
+    seed: u64,
+) -> (SynthSample, Vec<f32>) {
+    let (s, _, change) = synth_parts(clean, bank, seed, true);
+    (s, change)
 }
 
 /// [`synth_sample_full`] with grain optional; also returns the toned clean reference the
-/// labels were measured against.
+/// labels were measured against and the per-pixel change they threshold.
 fn synth_parts(
     clean: &ImageF32,
     bank: Option<&ArtifactBank>,
     seed: u64,
     grain: bool,
-) -> (SynthSample, ImageF32) {
+) -> (SynthSample, ImageF32, Vec<f32>) {
     let (w, h) = (clean.width(), clean.height());
     let mut rng = StdRng::seed_from_u64(mix(seed, 0x00de_7ec7));
     if clean.channels() != 3 || w == 0 || h == 0 {
@@ -289,7 +288,7 @@ fn synth_parts(
             ignore: Mask::new(w, h),
             stats: LabelStats::default(),
         };
-        return (s, clean.clone());
+        return (s, clean.clone(), vec![0.0; w * h]);
     }
     let (mut img, footprint) = if rng.random_bool(0.12) {
         (clean.clone(), Mask::new(w, h))
@@ -357,6 +356,7 @@ fn synth_parts(
     };
     let mut mask = Mask::new(w, h);
     let mut ignore = Mask::new(w, h);
+    let mut changes = vec![0f32; w * h];
     for (i, (&f, (m, ig))) in footprint
         .data()
         .iter()
@@ -364,6 +364,7 @@ fn synth_parts(
         .enumerate()
     {
         let d = change(&img, &reference, i);
+        changes[i] = d;
         *m = d > VISIBLE_CHANGE;
         *ig = !*m && d > FAINT_CHANGE;
         stats.footprint += u64::from(f);
@@ -398,7 +399,7 @@ fn synth_parts(
         ignore,
         stats,
     };
-    (sample, reference)
+    (sample, reference, changes)
 }
 
 /// A batch of folded inputs `[n, 12, s/2, s/2]` in `[-1, 1]`, targets and loss weights
@@ -647,40 +648,48 @@ fn crop_probs(det: &Learned, items: &[SynthSample]) -> TrainResult<Vec<ProbMap>>
 }
 
 /// Chooses the logit offset on training data: the best F1 on damaged crops among the offsets
-/// that flag at most `max_fp` of the pixels of clean crops (or the fewest false positives if
-/// none does). Returns `(offset, counts on the damaged crops)`.
+/// that flag at most `max_fp` of the pixels of the clean images (or the fewest false positives
+/// if none does). The clean images are taken one at a time and only a count per offset is kept,
+/// so calibrating on hundreds of whole photos holds one photo's logits at a time. Returns
+/// `(offset, counts on the damaged crops)`.
 pub fn calibrate(
     net: LoadedNet,
     damaged: &[SynthSample],
-    clean: &[ImageF32],
+    clean: impl IntoIterator<Item = ImageF32>,
     max_fp: f64,
 ) -> TrainResult<(f32, Counts, LoadedNet)> {
     let mut best: Option<(f32, Counts, f64)> = None;
     let mut det = Learned::from_net(net, 0.0);
     // Logits are computed once; the offset only moves the threshold: p >= 0.5 <=> z >= offset.
+    let offsets: Vec<f32> = (0..=128).map(|k| -4.0 + 0.125 * k as f32).collect();
     let logits_d: Vec<Vec<f32>> = damaged
         .iter()
         .map(|s| det.logits(&s.image).map_err(det_err))
         .collect::<TrainResult<_>>()?;
-    let logits_c: Vec<Vec<f32>> = clean
-        .iter()
-        .map(|i| det.logits(i).map_err(det_err))
-        .collect::<TrainResult<_>>()?;
-    for k in 0..=128 {
-        let off = -4.0 + 0.125 * k as f32;
+    // above[k]: clean pixels whose logit is at least offsets[k] (flagged at that offset).
+    let mut above = vec![0u64; offsets.len()];
+    let mut clean_pixels = 0u64;
+    for img in clean {
+        let mut reached = vec![0u64; offsets.len() + 1];
+        for v in det.logits(&img).map_err(det_err)? {
+            // Offsets are ascending: v is flagged at exactly the first `p` of them.
+            reached[offsets.partition_point(|&o| v >= o)] += 1;
+            clean_pixels += 1;
+        }
+        let mut flagged = 0;
+        for k in (0..offsets.len()).rev() {
+            flagged += reached[k + 1];
+            above[k] += flagged;
+        }
+    }
+    for (k, &off) in offsets.iter().enumerate() {
         let mut c = Counts::default();
         for (z, s) in logits_d.iter().zip(damaged) {
             for (&v, &t) in z.iter().zip(s.mask.data()) {
                 c.add(v >= off, t);
             }
         }
-        let mut fp = Counts::default();
-        for z in &logits_c {
-            for &v in z {
-                fp.add(v >= off, false);
-            }
-        }
-        let fpr = fp.false_positive_rate();
+        let fpr = above[k] as f64 / clean_pixels.max(1) as f64;
         let better = match &best {
             None => true,
             Some((_, bc, bfp)) => {
@@ -845,9 +854,9 @@ pub fn train_detect(
     // Calibrate the threshold on training photos (never on the validation ones): damaged crops
     // for F1, untouched crops for the false-positive budget (the target is 0.1%).
     let cal_damaged = synth_items(source, bank, 64, 128, cfg.seed ^ 0xca1, 0)?;
-    let cal_clean: Vec<ImageF32> = (0..source.len()).filter_map(|i| source.photo(i)).collect();
+    let cal_clean = (0..source.len()).filter_map(|i| source.photo(i));
     let params = net.param_count();
-    let (offset, _, net) = calibrate(net, &cal_damaged, &cal_clean, CAL_MAX_FP)?;
+    let (offset, _, net) = calibrate(net, &cal_damaged, cal_clean, CAL_MAX_FP)?;
     let det = Learned::from_net(net, offset);
     let mut sweep = Sweep::default();
     for (p, s) in crop_probs(&det, &val_items)?.iter().zip(&val_items) {
@@ -869,7 +878,7 @@ pub fn train_detect(
         "input": format!("any size RGB or grey; tiled 1024 px + {} px halo, 8-aligned (exact)", cfg.net.halo()),
         "output": "per-pixel damage probability sigmoid(logit - logit_offset)",
         "logit_offset": offset,
-        "logit_offset_how": format!("best F1 on 64 damaged 128 px training crops among offsets (step 0.125) that flag at most {}% of the pixels of the {} untouched training photos (whole)", 100.0 * CAL_MAX_FP, cal_clean.len()),
+        "logit_offset_how": format!("best F1 on 64 damaged 128 px training crops among offsets (step 0.125) that flag at most {}% of the pixels of the {} untouched training photos (whole)", 100.0 * CAL_MAX_FP, source.len()),
         "ground_truth": format!("synthetic damage is the set of pixels whose colour the composited damage changed by more than {VISIBLE_CHANGE} (max over channels, 0..1 scale, after the crop's tone, before grain), blur tails included; pixels changed by {FAINT_CHANGE} to {VISIBLE_CHANGE} carry no loss (ignored) and count as clean in the scores"),
         "data": cfg.data_desc,
         "data_license": cfg.data_license,
@@ -927,11 +936,20 @@ mod tests {
         let clean = photo(96, 96);
         let (mut faint_footprint, mut outside, mut damaged) = (0, 0, 0);
         for seed in 0..24 {
-            let (s, reference) = synth_parts(&clean, None, seed, false);
-            let (again, _) = synth_parts(&clean, None, seed, false);
+            let (s, reference, changes) = synth_parts(&clean, None, seed, false);
+            let (again, _, _) = synth_parts(&clean, None, seed, false);
+            // With grain the labels and the measured change are the same.
+            let (grainy, _, grainy_changes) = synth_parts(&clean, None, seed, true);
+            assert_eq!(grainy.mask, s.mask, "seed {seed}: grain moved the labels");
+            assert_eq!(
+                grainy_changes, changes,
+                "seed {seed}: grain moved the change"
+            );
             assert_eq!(s.mask, again.mask, "seed {seed} is not deterministic");
-            for i in 0..96 * 96 {
+            assert_eq!(changes.len(), 96 * 96);
+            for (i, &measured) in changes.iter().enumerate() {
                 let d = change(&s.image, &reference, i);
+                assert_eq!(measured, d, "seed {seed} pixel {i}");
                 assert_eq!(
                     s.mask.data()[i],
                     d > VISIBLE_CHANGE,
