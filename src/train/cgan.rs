@@ -28,7 +28,9 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use super::damage_synth::{synthesize, ArtifactBank, DamageConfig};
-use super::{mix, save_grid, AdamW, TrainError, TrainResult};
+use super::{
+    io_err, mix, read_json, save_grid, save_tensors, write_json, AdamW, TrainError, TrainResult,
+};
 use crate::imaging::{ImageF32, Mask};
 use crate::models::cgan::{
     named_vars, noise_map, CganError, GeneratorConfig, LoadedDiscriminator, LoadedGenerator,
@@ -39,13 +41,6 @@ fn model_err(e: CganError) -> TrainError {
     match e {
         CganError::Candle(c) => TrainError::Candle(c),
         other => TrainError::Invalid(other.to_string()),
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.to_owned(),
-        source,
     }
 }
 
@@ -715,14 +710,8 @@ pub fn save_checkpoint(t: &CganTrainer, state: &CheckpointState, runs: &Path) ->
             tensors.insert(format!("{prefix}{name}"), var.as_tensor().clone());
         }
     }
-    let tmp = runs.join("checkpoint.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, &tensors_path).map_err(io_err(&tensors_path))?;
-    let text = serde_json::to_string_pretty(state).map_err(|source| TrainError::Checkpoint {
-        path: json_path.clone(),
-        source,
-    })?;
-    std::fs::write(&json_path, text).map_err(io_err(&json_path))?;
+    save_tensors(&tensors, &tensors_path)?;
+    write_json(&json_path, state)?;
     Ok(())
 }
 
@@ -736,12 +725,7 @@ pub fn load_checkpoint(
     if !json_path.is_file() || !tensors_path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&json_path).map_err(io_err(&json_path))?;
-    let state: CheckpointState =
-        serde_json::from_str(&text).map_err(|source| TrainError::Checkpoint {
-            path: json_path.clone(),
-            source,
-        })?;
+    let state: CheckpointState = read_json(&json_path)?;
     let tensors = candle_core::safetensors::load(&tensors_path, dev)?;
     for (prefix, map) in [("g.param.", &t.gen.varmap), ("d.param.", &t.disc.varmap)] {
         for (name, var) in named_vars(map, false).map_err(model_err)? {
@@ -958,12 +942,7 @@ pub fn train_cgan(
         val: last_val,
     };
     let json_path = with_ext(&cfg.out, "json");
-    let text =
-        serde_json::to_string_pretty(&manifest).map_err(|source| TrainError::Checkpoint {
-            path: json_path.clone(),
-            source,
-        })?;
-    std::fs::write(&json_path, text + "\n").map_err(io_err(&json_path))?;
+    write_json(&json_path, &manifest)?;
     Ok(TrainOutcome {
         steps: step,
         finished,

@@ -16,7 +16,10 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::{mix, AdamW, BatchOrder, ImageSet, TrainError, TrainResult};
+use super::{
+    io_err, mix, read_json, save_tensors, write_json, AdamW, BatchOrder, ImageSet, TrainError,
+    TrainResult,
+};
 use crate::models::gan::{
     codes_for_seed, count, GanConfig, GanError, GanLoss, GanMetrics, Generator, LoadedGan,
 };
@@ -122,13 +125,6 @@ pub struct GanTrainer {
     started: Instant,
     commands: Vec<String>,
     dev: Device,
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 impl GanTrainer {
@@ -301,9 +297,7 @@ impl GanTrainer {
             tensors.insert(format!("ema.{name}"), t.clone());
         }
         let path = runs.join("checkpoint.safetensors");
-        let tmp = runs.join("checkpoint.safetensors.tmp");
-        candle_core::safetensors::save(&tensors, &tmp)?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        save_tensors(&tensors, &path)?;
         let state = CheckpointState {
             step: self.step,
             train_seconds: self.train_seconds(),
@@ -311,12 +305,7 @@ impl GanTrainer {
             commands: self.commands.clone(),
         };
         let json = runs.join("checkpoint.json");
-        let text =
-            serde_json::to_string_pretty(&state).map_err(|source| TrainError::Checkpoint {
-                path: json.clone(),
-                source,
-            })?;
-        std::fs::write(&json, text).map_err(io_err(&json))
+        write_json(&json, &state)
     }
 
     /// Continues from the checkpoint in `runs`, if any (returns whether one was loaded). The
@@ -327,12 +316,7 @@ impl GanTrainer {
         if !json.is_file() || !path.is_file() {
             return Ok(false);
         }
-        let text = std::fs::read_to_string(&json).map_err(io_err(&json))?;
-        let state: CheckpointState =
-            serde_json::from_str(&text).map_err(|source| TrainError::Checkpoint {
-                path: json.clone(),
-                source,
-            })?;
+        let state: CheckpointState = read_json(&json)?;
         let same = |a: &GanTrainConfig, b: &GanTrainConfig| {
             a.model == b.model && a.loss == b.loss && a.batch == b.batch && a.seed == b.seed
         };

@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use super::cgan::{with_ext, CropSource};
-use super::{mix, AdamW, TrainError, TrainResult};
+use super::{io_err, mix, read_json, save_tensors, write_json, AdamW, TrainError, TrainResult};
 use crate::rl::a2c::{greedy_episode, train_episode, A2cConfig, EpisodeStats};
 use crate::rl::agent::RlManifest;
 use crate::rl::env::{psnr, Action, Episode, Frame};
@@ -26,13 +26,6 @@ fn rl_err(e: RlError) -> TrainError {
     match e {
         RlError::Candle(c) => TrainError::Candle(c),
         other => TrainError::Invalid(other.to_string()),
-    }
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.to_owned(),
-        source,
     }
 }
 
@@ -461,14 +454,8 @@ pub fn save_checkpoint(t: &RlTrainer, state: &RlCheckpointState, runs: &Path) ->
     for (name, var) in named_vars(&t.net.varmap).map_err(rl_err)? {
         tensors.insert(format!("param.{name}"), var.as_tensor().clone());
     }
-    let tmp = runs.join("checkpoint.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, &tensors_path).map_err(io_err(&tensors_path))?;
-    let text = serde_json::to_string_pretty(state).map_err(|source| TrainError::Checkpoint {
-        path: json_path.clone(),
-        source,
-    })?;
-    std::fs::write(&json_path, text).map_err(io_err(&json_path))?;
+    save_tensors(&tensors, &tensors_path)?;
+    write_json(&json_path, state)?;
     Ok(())
 }
 
@@ -482,12 +469,7 @@ pub fn load_checkpoint(
     if !json_path.is_file() || !tensors_path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&json_path).map_err(io_err(&json_path))?;
-    let state: RlCheckpointState =
-        serde_json::from_str(&text).map_err(|source| TrainError::Checkpoint {
-            path: json_path.clone(),
-            source,
-        })?;
+    let state: RlCheckpointState = read_json(&json_path)?;
     let tensors = candle_core::safetensors::load(&tensors_path, dev)?;
     for (name, var) in named_vars(&t.net.varmap).map_err(rl_err)? {
         let v = tensors

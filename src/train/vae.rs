@@ -10,7 +10,10 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::{mix, save_grid, AdamW, BatchOrder, ImageSet, TrainError, TrainResult};
+use super::{
+    io_err, mix, read_json, save_grid, save_tensors, write_json, AdamW, BatchOrder, ImageSet,
+    TrainError, TrainResult,
+};
 use crate::models::latent_pca::LatentPca;
 use crate::models::vae::{
     param_count, seeded_normal, sorted_vars, LoadedVae, Vae, VaeConfig, VaeManifest, VaeMetrics,
@@ -101,13 +104,6 @@ fn ckpt_paths(runs: &Path) -> (PathBuf, PathBuf) {
         runs.join("checkpoint.safetensors"),
         runs.join("checkpoint.json"),
     )
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// KL weight at `step` (0-based): linear warm-up from 0 to 1 over `warmup` steps.
@@ -238,14 +234,8 @@ fn save_checkpoint(
     for (name, var) in sorted_vars(&model.varmap)? {
         tensors.insert(format!("param.{name}"), var.as_tensor().clone());
     }
-    let tmp = runs.join("checkpoint.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, &tensors_path).map_err(io_err(&tensors_path))?;
-    let text = serde_json::to_string_pretty(state).map_err(|source| TrainError::Checkpoint {
-        path: json_path.clone(),
-        source,
-    })?;
-    std::fs::write(&json_path, text).map_err(io_err(&json_path))?;
+    save_tensors(&tensors, &tensors_path)?;
+    write_json(&json_path, state)?;
     Ok(())
 }
 
@@ -259,12 +249,7 @@ fn load_checkpoint(
     if !json_path.is_file() || !tensors_path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&json_path).map_err(io_err(&json_path))?;
-    let state: CheckpointState =
-        serde_json::from_str(&text).map_err(|source| TrainError::Checkpoint {
-            path: json_path.clone(),
-            source,
-        })?;
+    let state: CheckpointState = read_json(&json_path)?;
     let tensors = candle_core::safetensors::load(&tensors_path, dev)?;
     for (name, var) in sorted_vars(&model.varmap)? {
         let t = tensors
