@@ -99,15 +99,22 @@ fn learned_finds_painted_specks_and_a_scratch() {
     };
     let (img, truth) = damaged(280, 200);
     let p = probs(&det, &img, 512);
-    // The shipped default (sensitivity 0.5) is calibrated for the clean-photo false-positive
-    // budget and finds about 40% of these pixels (63% after the default 2 px growth; measured);
-    // at 0.9 the net finds most of the damage (85% measured) while staying precise (87%).
-    let c = Counts::of(&p.threshold(0.9), &truth);
-    assert!(c.recall() > 0.8, "recall {:.3} ({c:?})", c.recall());
+    // At the shipped default (sensitivity 0.5, calibrated for the clean-photo false-positive
+    // budget) the net finds 78% of these pixels at 76% precision, and the proposal grown by the
+    // default 2 px covers 88% of them (measured with the hard-negative model; the previous
+    // model needed sensitivity 0.9 for 85%).
+    let c = Counts::of(&p.threshold(0.5), &truth);
+    assert!(c.recall() > 0.7, "recall {:.3} ({c:?})", c.recall());
     assert!(
         c.precision() > 0.7,
         "precision {:.3} ({c:?})",
         c.precision()
+    );
+    let proposal = Counts::of(&p.mask(0.5, 2), &truth);
+    assert!(
+        proposal.recall() > 0.85,
+        "proposal covers {:.3} ({proposal:?})",
+        proposal.recall()
     );
 }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use candle_core::Device;
 
 use crate::detect::learned::DetectNetConfig;
-use crate::train::cgan::with_ext;
+use crate::train::cgan::{with_ext, CropSource};
 use crate::train::detect::{train_detect, DetectStep, DetectTrainConfig};
 
 /// Arguments of `train detect`.
@@ -56,6 +56,17 @@ pub struct DetectArgs {
     /// Weight of the Dice term.
     #[arg(long, default_value_t = 0.5)]
     pub dice_weight: f64,
+    /// Weight of the hard-negative term: the mean cross-entropy of the highest-scoring clean
+    /// pixels away from damage (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    pub hard_neg_weight: f64,
+    /// Share of a batch's clean pixels (away from damage) that the hard-negative term covers.
+    #[arg(long, default_value_t = 0.01)]
+    pub hard_neg_frac: f64,
+    /// Set aside this many training photos (spread evenly) for calibrating the threshold only:
+    /// the training never crops them (0 = calibrate on the training photos).
+    #[arg(long, default_value_t = 0)]
+    pub cal_photos: usize,
     /// Output stem: writes `<OUT>.safetensors` and `<OUT>.json`.
     #[arg(long, default_value = "weights/detect-damage")]
     pub out: PathBuf,
@@ -93,12 +104,16 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
         val_dir,
         val_source,
     } = super::train::load_photo_data(&a.data)?;
+    let (source, cal_source) = source.split_spread(a.cal_photos)?;
+    let cal_source = (!cal_source.is_empty()).then_some(cal_source);
     let bank = super::train::load_artifacts(&a.artifacts, a.artifacts_per_category, a.seed)?;
     eprintln!(
-        "data: {} training photos from {:?}, {} validation photos, {} artifacts {:?}; loaded in \
+        "data: {} training photos from {:?} ({} more set aside for calibration), {} validation \
+         photos, {} artifacts {:?}; loaded in \
          {:.1}s",
         source.len(),
         dirs,
+        cal_source.as_ref().map_or(0, CropSource::len),
         val_source.len(),
         bank.as_ref().map_or(0, |b| b.len()),
         bank.as_ref().map(|b| b.categories()).unwrap_or_default(),
@@ -123,6 +138,8 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
         warmup: a.warmup,
         pos_weight: a.pos_weight,
         dice_weight: a.dice_weight,
+        hard_neg_weight: a.hard_neg_weight,
+        hard_neg_frac: a.hard_neg_frac,
         seed: a.seed,
         sample_every: a.sample_every,
         runs_dir: runs_dir.clone(),
@@ -166,9 +183,14 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
                 )
             })
             .unwrap_or_default();
+        let hard = if a.hard_neg_weight > 0.0 {
+            format!(" hard {:.3}", r.hard)
+        } else {
+            String::new()
+        };
         let line = format!(
-            "loss {:.4} (bce {:.4} dice {:.3}){} {:.2} steps/s",
-            r.loss, r.bce, r.dice, val, r.steps_per_sec
+            "loss {:.4} (bce {:.4} dice {:.3}{hard}){val} {:.2} steps/s",
+            r.loss, r.bce, r.dice, r.steps_per_sec
         );
         bar.set_position(r.step);
         bar.set_message(line.clone());
@@ -181,6 +203,7 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
     let outcome = train_detect(
         &cfg,
         &source,
+        cal_source.as_ref(),
         &val_source,
         bank.as_ref(),
         &dev,

@@ -86,8 +86,8 @@ impl DetectNetConfig {
         (self.receptive_radius() + 17).div_ceil(8) * 8
     }
 
-    /// Refuses sizes no detector of ours has (a damaged or hand-edited manifest must give an
-    /// error, not an allocation of gigabytes).
+    /// Refuses sizes no detector of ours has (a damaged or hand-edited manifest, or a mistyped
+    /// training flag, must give an error, not an allocation of gigabytes).
     pub fn check(&self) -> Result<(), String> {
         let (b, m, d) = self.widths();
         if b > 256 || m > 512 || d > 1024 || self.blocks > 8 {

@@ -90,6 +90,28 @@ impl CropSource {
         Ok(Self { images })
     }
 
+    /// Splits off `n` photos spread evenly over the set (every `len / n`-th, in load order),
+    /// e.g. to calibrate on photos the training never crops; returns `(rest, taken)`. Takes
+    /// none when `n` is 0 and refuses to take them all.
+    pub fn split_spread(self, n: usize) -> TrainResult<(Self, Self)> {
+        let len = self.images.len();
+        if n >= len && n > 0 {
+            return Err(TrainError::Invalid(format!(
+                "cannot set aside {n} of {len} photos"
+            )));
+        }
+        let stride = len.checked_div(n).unwrap_or(usize::MAX);
+        let (mut rest, mut taken) = (Vec::new(), Vec::new());
+        for (i, img) in self.images.into_iter().enumerate() {
+            if n > 0 && i % stride == 0 && taken.len() < n {
+                taken.push(img);
+            } else {
+                rest.push(img);
+            }
+        }
+        Ok((Self { images: rest }, Self { images: taken }))
+    }
+
     /// Number of photos.
     pub fn len(&self) -> usize {
         self.images.len()
@@ -948,4 +970,39 @@ pub fn train_cgan(
         finished,
         manifest,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn numbered(n: u8) -> CropSource {
+        CropSource::new(
+            (0..n)
+                .map(|i| image::RgbImage::from_pixel(4, 4, image::Rgb([i, 0, 0])))
+                .collect(),
+        )
+    }
+
+    fn ids(s: &CropSource) -> Vec<u8> {
+        s.images.iter().map(|i| i.get_pixel(0, 0).0[0]).collect()
+    }
+
+    #[test]
+    fn split_spread_sets_aside_evenly_spread_photos() {
+        let (rest, taken) = numbered(10)
+            .split_spread(3)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(ids(&taken), vec![0, 3, 6]);
+        assert_eq!(ids(&rest), vec![1, 2, 4, 5, 7, 8, 9]);
+        let (rest, taken) = numbered(5)
+            .split_spread(0)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(taken.is_empty());
+        assert_eq!(rest.len(), 5);
+        assert!(
+            numbered(5).split_spread(5).is_err(),
+            "nothing left to train on"
+        );
+    }
 }

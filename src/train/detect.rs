@@ -20,7 +20,7 @@ use rayon::prelude::*;
 
 use super::cgan::{with_ext, CropSource};
 use super::damage_synth::{synthesize, ArtifactBank, DamageConfig};
-use super::{mix, AdamW, TrainError, TrainResult};
+use super::{io_err, mix, read_json, save_tensors, write_json, AdamW, TrainError, TrainResult};
 use crate::detect::learned::{architecture, fold, fold_mask, DetectNetConfig, Learned, LoadedNet};
 use crate::detect::metrics::{Counts, Sweep};
 use crate::detect::{detect, ProbMap, TileOptions};
@@ -29,13 +29,6 @@ use crate::restore::NullReporter;
 
 fn det_err(e: crate::detect::DetectError) -> TrainError {
     TrainError::Invalid(e.to_string())
-}
-
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
-        path: path.to_owned(),
-        source,
-    }
 }
 
 /// The damage mix for detection: what the issue asks to find (dust, scratches, hairs, small
@@ -411,7 +404,14 @@ pub struct DetectBatch {
     pub target: Tensor,
     /// 0 where the pixel is ignored (faint change), else 1.
     pub valid: Tensor,
+    /// 1 on clean pixels farther than [`HARD_NEG_MARGIN`] from any damage (where a detection is
+    /// a false alarm on the scene, what the clean-photo budget counts), else 0.
+    pub far: Tensor,
 }
+
+/// Clean pixels within this many pixels of damage are not hard-negative candidates: their
+/// scores belong to the damage's edge, not to the scene.
+pub const HARD_NEG_MARGIN: usize = 3;
 
 impl DetectBatch {
     /// Stacks samples (all `s x s` with `s` a multiple of 8), folded 2x2 as the network reads
@@ -428,6 +428,7 @@ impl DetectBatch {
         let mut input = Vec::new();
         let mut target = Vec::new();
         let mut valid = Vec::new();
+        let mut far = Vec::new();
         for s in items {
             let sizes = [
                 (s.image.width(), s.image.height()),
@@ -440,12 +441,22 @@ impl DetectBatch {
             input.extend(fold(&s.image).0);
             target.extend(fold_mask(&s.mask));
             valid.extend(fold_mask(&s.ignore).into_iter().map(|v| 1.0 - v));
+            let near = s.mask.dilate(HARD_NEG_MARGIN);
+            let ignored = fold_mask(&s.ignore);
+            far.extend(
+                fold_mask(&near)
+                    .into_iter()
+                    .zip(ignored)
+                    .map(|(n, i)| (1.0 - n) * (1.0 - i)),
+            );
         }
         let n = items.len();
+        let shape = (n, 4, h / 2, w / 2);
         Ok(Self {
             input: Tensor::from_vec(input, (n, 12, h / 2, w / 2), dev)?,
-            target: Tensor::from_vec(target, (n, 4, h / 2, w / 2), dev)?,
-            valid: Tensor::from_vec(valid, (n, 4, h / 2, w / 2), dev)?,
+            target: Tensor::from_vec(target, shape, dev)?,
+            valid: Tensor::from_vec(valid, shape, dev)?,
+            far: Tensor::from_vec(far, shape, dev)?,
         })
     }
 }
@@ -495,6 +506,42 @@ pub fn detect_loss(
     Ok((total, b, d))
 }
 
+/// Hard-negative term: the mean BCE of the `frac` highest-scoring pixels among the far clean
+/// ones (`far` = 1), i.e. the scene structures that look most like damage. The default
+/// threshold is set by how many clean pixels score high, so this term works on the tail that
+/// the mean BCE, dominated by easy clean pixels, hardly sees. The selection is made on the
+/// detached logits; the gradient flows through the selected pixels only. Returns the term and
+/// its value (0 when there is no far clean pixel).
+pub fn hard_negative_loss(logits: &Tensor, far: &Tensor, frac: f64) -> TrainResult<(Tensor, f32)> {
+    let z: Vec<f32> = logits.flatten_all()?.to_vec1()?;
+    let f: Vec<f32> = far.flatten_all()?.to_vec1()?;
+    let mut cand: Vec<f32> = z
+        .iter()
+        .zip(&f)
+        .filter(|(_, &f)| f > 0.5)
+        .map(|(&z, _)| z)
+        .collect();
+    if cand.is_empty() {
+        let zero = logits.zeros_like()?.sum_all()?;
+        return Ok((zero, 0.0));
+    }
+    let k = ((cand.len() as f64 * frac.clamp(0.0, 1.0)).ceil() as usize).clamp(1, cand.len());
+    let (_, &mut kth, _) = cand.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
+    // Ties at the k-th value may select a few more than k; the mean stays a mean.
+    let sel: Vec<f32> = z
+        .iter()
+        .zip(&f)
+        .map(|(&z, &f)| f32::from(u8::from(f > 0.5 && z >= kth)))
+        .collect();
+    let count = sel.iter().sum::<f32>();
+    let sel = Tensor::from_vec(sel, logits.shape(), logits.device())?;
+    // BCE against 0: max(z, 0) + log(1 + exp(-|z|)) = softplus(z).
+    let bce = (logits.relu()? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    let term = ((bce * sel)?.sum_all()? / f64::from(count))?;
+    let v = term.to_scalar::<f32>()?;
+    Ok((term, v))
+}
+
 /// Settings of a training run.
 #[derive(Clone, Debug)]
 pub struct DetectTrainConfig {
@@ -514,6 +561,10 @@ pub struct DetectTrainConfig {
     pub pos_weight: f64,
     /// Weight of the Dice term.
     pub dice_weight: f64,
+    /// Weight of the hard-negative term ([`hard_negative_loss`]; 0 = off).
+    pub hard_neg_weight: f64,
+    /// Share of the far clean pixels of a batch that the hard-negative term covers.
+    pub hard_neg_frac: f64,
     /// Seed of everything random.
     pub seed: u64,
     /// Validation and checkpoint every this many steps.
@@ -568,6 +619,10 @@ pub struct DetectCheckpoint {
     /// Training seconds of that run.
     #[serde(default)]
     pub prior_train_seconds: f64,
+    /// Training photos set aside for calibration (never cropped by this run); a resumed run
+    /// must set aside the same number, or its calibration photos would not be unseen.
+    #[serde(default)]
+    pub cal_photos: usize,
 }
 
 /// What a step reports to the caller.
@@ -583,6 +638,8 @@ pub struct DetectStep {
     pub bce: f32,
     /// Its Dice part.
     pub dice: f32,
+    /// Its hard-negative part (0 when off).
+    pub hard: f32,
     /// Steps per second this session.
     pub steps_per_sec: f64,
     /// Latest validation scores at probability 0.5 (no offset), if any.
@@ -626,14 +683,8 @@ fn save_checkpoint(
     for (name, var) in net.vars().map_err(det_err)? {
         tensors.insert(format!("param.{name}"), var.as_tensor().clone());
     }
-    let tmp = runs.join("checkpoint.safetensors.tmp");
-    candle_core::safetensors::save(&tensors, &tmp)?;
-    std::fs::rename(&tmp, &tensors_path).map_err(io_err(&tensors_path))?;
-    let text = serde_json::to_string_pretty(state).map_err(|source| TrainError::Checkpoint {
-        path: json_path.clone(),
-        source,
-    })?;
-    std::fs::write(&json_path, text).map_err(io_err(&json_path))?;
+    save_tensors(&tensors, &tensors_path)?;
+    write_json(&json_path, state)?;
     Ok(())
 }
 
@@ -707,12 +758,15 @@ pub fn calibrate(
     Ok((off, c, det.into_net()))
 }
 
-/// Trains (or resumes) the detector; `on_step` sees every step and returns false to stop.
+/// Trains (or resumes) the detector on crops of `source`; `on_step` sees every step and
+/// returns false to stop. The threshold is calibrated on `cal_source` (photos the training
+/// never crops) when given, else on `source`.
 /// Writes a checkpoint every `sample_every` steps and, at the end (target, time limit or stop),
 /// the checkpoint, `<out>.safetensors` (f16) and `<out>.json`.
 pub fn train_detect(
     cfg: &DetectTrainConfig,
     source: &CropSource,
+    cal_source: Option<&CropSource>,
     val_source: &CropSource,
     bank: Option<&ArtifactBank>,
     dev: &Device,
@@ -723,6 +777,7 @@ pub fn train_detect(
             "crop must be a multiple of 8 (at least 16) and batch positive".into(),
         ));
     }
+    cfg.net.check().map_err(TrainError::Invalid)?;
     let (tensors_path, json_path) = ckpt_paths(&cfg.runs_dir);
     let resuming = cfg.resume && json_path.is_file() && tensors_path.is_file();
     let net = match &cfg.init {
@@ -740,6 +795,7 @@ pub fn train_detect(
         commands: Vec::new(),
         prior_steps: 0,
         prior_train_seconds: 0.0,
+        cal_photos: cal_source.map_or(0, CropSource::len),
     };
     if let Some(init) = cfg.init.as_ref().filter(|_| !resuming) {
         // Carry the history of the initialising run (its manifest), so the shipped manifest
@@ -760,24 +816,22 @@ pub fn train_detect(
         }
     }
     if resuming {
-        let text = std::fs::read_to_string(&json_path).map_err(io_err(&json_path))?;
-        let saved: DetectCheckpoint =
-            serde_json::from_str(&text).map_err(|source| TrainError::Checkpoint {
-                path: json_path.clone(),
-                source,
-            })?;
+        let saved: DetectCheckpoint = read_json(&json_path)?;
         if saved.net != cfg.net
             || saved.batch != cfg.batch
             || saved.crop != cfg.crop
             || saved.seed != cfg.seed
+            || saved.cal_photos != state.cal_photos
         {
             return Err(TrainError::Invalid(format!(
-                "checkpoint in {} has other settings ({:?}, batch {}, crop {}, seed {})",
+                "checkpoint in {} has other settings ({:?}, batch {}, crop {}, seed {}, {} \
+                 calibration photos)",
                 cfg.runs_dir.display(),
                 saved.net,
                 saved.batch,
                 saved.crop,
-                saved.seed
+                saved.seed,
+                saved.cal_photos
             )));
         }
         let tensors = candle_core::safetensors::load(&tensors_path, dev)?;
@@ -813,6 +867,12 @@ pub fn train_detect(
             cfg.pos_weight,
             cfg.dice_weight,
         )?;
+        let (loss, hard) = if cfg.hard_neg_weight > 0.0 {
+            let (term, hard) = hard_negative_loss(&logits, &batch.far, cfg.hard_neg_frac)?;
+            ((loss + (term * cfg.hard_neg_weight)?)?, hard)
+        } else {
+            (loss, 0.0)
+        };
         opt.backward_step(&loss)?;
         state.step += 1;
         let elapsed = session.elapsed().as_secs_f64();
@@ -833,9 +893,10 @@ pub fn train_detect(
         let report = DetectStep {
             step: state.step,
             total: cfg.steps,
-            loss: bce + dice * cfg.dice_weight as f32,
+            loss: bce + dice * cfg.dice_weight as f32 + hard * cfg.hard_neg_weight as f32,
             bce,
             dice,
+            hard,
             steps_per_sec,
             val: if due { last_val } else { None },
         };
@@ -853,8 +914,9 @@ pub fn train_detect(
         (state.step - start_step) as f64 / session.elapsed().as_secs_f64().max(1e-9);
     // Calibrate the threshold on training photos (never on the validation ones): damaged crops
     // for F1, untouched crops for the false-positive budget (the issue's target is 0.1%).
-    let cal_damaged = synth_items(source, bank, 64, 128, cfg.seed ^ 0xca1, 0)?;
-    let cal_clean = (0..source.len()).filter_map(|i| source.photo(i));
+    let cal = cal_source.unwrap_or(source);
+    let cal_damaged = synth_items(cal, bank, 64, 128, cfg.seed ^ 0xca1, 0)?;
+    let cal_clean = (0..cal.len()).filter_map(|i| cal.photo(i));
     let params = net.param_count();
     let (offset, _, net) = calibrate(net, &cal_damaged, cal_clean, CAL_MAX_FP)?;
     let det = Learned::from_net(net, offset);
@@ -878,11 +940,11 @@ pub fn train_detect(
         "input": format!("any size RGB or grey; tiled 1024 px + {} px halo, 8-aligned (exact)", cfg.net.halo()),
         "output": "per-pixel damage probability sigmoid(logit - logit_offset)",
         "logit_offset": offset,
-        "logit_offset_how": format!("best F1 on 64 damaged 128 px training crops among offsets (step 0.125) that flag at most {}% of the pixels of the {} untouched training photos (whole)", 100.0 * CAL_MAX_FP, source.len()),
+        "logit_offset_how": format!("best F1 on 64 damaged 128 px crops of the calibration photos among offsets (step 0.125) that flag at most {}% of the pixels of the {} calibration photos, untouched and whole; {}", 100.0 * CAL_MAX_FP, cal.len(), if cal_source.is_some() { "the calibration photos are training-set photos that this stage never cropped" } else { "the calibration photos are the training photos" }),
         "ground_truth": format!("synthetic damage is the set of pixels whose colour the composited damage changed by more than {VISIBLE_CHANGE} (max over channels, 0..1 scale, after the crop's tone, before grain), blur tails included; pixels changed by {FAINT_CHANGE} to {VISIBLE_CHANGE} carry no loss (ignored) and count as clean in the scores"),
         "data": cfg.data_desc,
         "data_license": cfg.data_license,
-        "objective": format!("{}*BCE(logits, mask) with damage pixels weighted {} + {}*soft Dice over the batch; AdamW lr {} (warm-up {} steps, cosine to lr/10), wd 1e-4, batch {}, crops {}, seed {}", 1, cfg.pos_weight, cfg.dice_weight, cfg.lr, cfg.warmup, cfg.batch, cfg.crop, cfg.seed),
+        "objective": format!("{}*BCE(logits, mask) with damage pixels weighted {} + {}*soft Dice over the batch{}; AdamW lr {} (warm-up {} steps, cosine to lr/10), wd 1e-4, batch {}, crops {}, seed {}", 1, cfg.pos_weight, cfg.dice_weight, if cfg.hard_neg_weight > 0.0 { format!(" + {}*mean BCE of the top {}% scoring clean pixels farther than {HARD_NEG_MARGIN} px from damage (hard negatives)", cfg.hard_neg_weight, 100.0 * cfg.hard_neg_frac) } else { String::new() }, cfg.lr, cfg.warmup, cfg.batch, cfg.crop, cfg.seed),
         "commands": state.commands,
         "steps": state.step,
         "target_steps": cfg.steps,
@@ -903,12 +965,7 @@ pub fn train_detect(
         "weights_format": "f16 safetensors (f32 checkpoint in the runs folder)",
     });
     let json_path = with_ext(&cfg.out, "json");
-    let text =
-        serde_json::to_string_pretty(&manifest).map_err(|source| TrainError::Checkpoint {
-            path: json_path.clone(),
-            source,
-        })?;
-    std::fs::write(&json_path, text).map_err(io_err(&json_path))?;
+    write_json(&json_path, &manifest)?;
     Ok(DetectOutcome {
         steps: state.step,
         finished: !stopped && state.step >= cfg.steps,
@@ -1052,5 +1109,166 @@ mod tests {
         // lowers the mean by that over the 4 pixels.
         let expected = (1.0f32 + 0.5f32.exp()).ln() / 4.0;
         assert!((b_all - b_skip - expected).abs() < 1e-5, "{b_all} {b_skip}");
+    }
+
+    #[test]
+    fn hard_negative_term_is_the_mean_bce_of_the_top_far_clean_pixels() {
+        let dev = Device::Cpu;
+        let z = candle_core::Var::from_vec(
+            vec![5.0f32, 4.0, 3.0, 2.0, 1.0, 0.0, -1.0, 9.0],
+            (1, 1, 2, 4),
+            &dev,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        // The last pixel scores highest but lies next to damage: not a candidate.
+        let far = Tensor::from_vec(vec![1.0f32, 1., 1., 1., 1., 1., 1., 0.], (1, 1, 2, 4), &dev)
+            .unwrap_or_else(|e| panic!("{e}"));
+        // 7 candidates, 30% -> the top 3 (logits 5, 4, 3).
+        let (term, v) =
+            hard_negative_loss(z.as_tensor(), &far, 0.3).unwrap_or_else(|e| panic!("{e}"));
+        let softplus = |x: f32| (1.0 + x.exp()).ln();
+        let expected = (softplus(5.0) + softplus(4.0) + softplus(3.0)) / 3.0;
+        assert!((v - expected).abs() < 1e-4, "{v} vs {expected}");
+        let grads = term.backward().unwrap_or_else(|e| panic!("{e}"));
+        let g: Vec<f32> = grads
+            .get(z.as_tensor())
+            .and_then(|g| g.flatten_all().ok())
+            .and_then(|g| g.to_vec1().ok())
+            .unwrap_or_else(|| panic!("no gradient"));
+        let sigmoid = |x: f32| 1.0 / (1.0 + (-x).exp());
+        for (i, &gi) in g.iter().enumerate() {
+            let want = if i < 3 {
+                sigmoid([5.0, 4.0, 3.0][i]) / 3.0
+            } else {
+                0.0
+            };
+            assert!((gi - want).abs() < 1e-4, "pixel {i}: {gi} vs {want}");
+        }
+        // No far clean pixel: no term.
+        let none = far.zeros_like().unwrap_or_else(|e| panic!("{e}"));
+        let (_, v0) =
+            hard_negative_loss(z.as_tensor(), &none, 0.3).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(v0, 0.0);
+    }
+
+    #[test]
+    fn far_marks_clean_pixels_away_from_damage_and_ignored_ones() {
+        let dev = Device::Cpu;
+        let mut mask = Mask::new(16, 16);
+        mask.set(8, 8, true);
+        let mut ignore = Mask::new(16, 16);
+        ignore.set(0, 0, true);
+        let item = SynthSample {
+            image: ImageF32::new(16, 16, 3),
+            mask,
+            ignore,
+            stats: LabelStats::default(),
+        };
+        let b = DetectBatch::from_items(&[item], &dev).unwrap_or_else(|e| panic!("{e}"));
+        // Unfold the 2x2-folded map back to pixels: channel 2*dy + dx at (x/2, y/2).
+        let f: Vec<f32> = b
+            .far
+            .flatten_all()
+            .and_then(|t| t.to_vec1())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let at = |x: usize, y: usize| f[(2 * (y % 2) + x % 2) * 64 + (y / 2) * 8 + x / 2];
+        assert_eq!(at(0, 0), 0.0, "ignored pixel");
+        assert_eq!(at(8, 8), 0.0, "damage");
+        assert_eq!(at(8 + HARD_NEG_MARGIN, 8), 0.0, "within the margin");
+        assert_eq!(at(8 + HARD_NEG_MARGIN + 1, 8), 1.0, "beyond the margin");
+        assert_eq!(at(15, 0), 1.0, "far clean pixel");
+    }
+
+    fn tiny_config(dir: &Path, base: usize) -> DetectTrainConfig {
+        DetectTrainConfig {
+            net: DetectNetConfig {
+                base,
+                mid: 0,
+                deep: 0,
+                blocks: 0,
+            },
+            steps: 1,
+            batch: 1,
+            crop: 16,
+            lr: 1e-3,
+            warmup: 1,
+            pos_weight: 3.0,
+            dice_weight: 0.5,
+            hard_neg_weight: 1.0,
+            hard_neg_frac: 0.01,
+            seed: 1,
+            sample_every: 1,
+            runs_dir: dir.join("runs"),
+            out: dir.join("w/detect-damage"),
+            resume: false,
+            init: None,
+            max_seconds: None,
+            data_desc: String::new(),
+            data_license: String::new(),
+            command: String::new(),
+        }
+    }
+
+    fn photos(n: u8) -> CropSource {
+        CropSource::new(
+            (0..n)
+                .map(|i| {
+                    image::RgbImage::from_fn(32, 32, |x, y| {
+                        image::Rgb([i * 20, x as u8 * 8, y as u8 * 8])
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn training_refuses_implausible_sizes_before_allocating() {
+        let dir =
+            std::env::temp_dir().join(format!("kintsugi-detect-sizes-{}", std::process::id()));
+        let source = photos(1);
+        let cfg = tiny_config(&dir, 100_000);
+        let r = train_detect(
+            &cfg,
+            &source,
+            None,
+            &source,
+            None,
+            &Device::Cpu,
+            &mut |_| true,
+        );
+        assert!(
+            matches!(&r, Err(TrainError::Invalid(m)) if m.contains("implausible")),
+            "{:?}",
+            r.err()
+        );
+        assert!(!dir.exists(), "nothing written");
+    }
+
+    #[test]
+    fn a_resumed_run_must_set_aside_the_same_calibration_photos() {
+        let dir = std::env::temp_dir().join(format!("kintsugi-detect-cal-{}", std::process::id()));
+        let (train, cal) = photos(5).split_spread(1).unwrap_or_else(|e| panic!("{e}"));
+        let mut cfg = tiny_config(&dir, 4);
+        let dev = Device::Cpu;
+        let first = train_detect(&cfg, &train, Some(&cal), &train, None, &dev, &mut |_| true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(first.steps, 1);
+        let saved: DetectCheckpoint =
+            read_json(&dir.join("runs/checkpoint.json")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(saved.cal_photos, 1);
+        cfg.resume = true;
+        cfg.steps = 2;
+        // Without the set-aside photo the calibration would count photos the run trained on.
+        let all = photos(5);
+        let r = train_detect(&cfg, &all, None, &all, None, &dev, &mut |_| true);
+        assert!(
+            matches!(&r, Err(TrainError::Invalid(m)) if m.contains("calibration photos")),
+            "{:?}",
+            r.err()
+        );
+        let again = train_detect(&cfg, &train, Some(&cal), &train, None, &dev, &mut |_| true)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(again.steps, 2);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
