@@ -141,15 +141,16 @@ const CHANGE_BINS: [f32; 4] = [0.08, 0.15, 0.3, f32::INFINITY];
 /// damage (near the grain's amplitude) from bold damage the detector should never miss.
 #[derive(Default)]
 struct ChangeRecall {
-    truth: [u64; 4],
-    found: [u64; 4],
+    truth: [u64; CHANGE_BINS.len()],
+    found: [u64; CHANGE_BINS.len()],
 }
 
 impl ChangeRecall {
     fn add(&mut self, pred: &Mask, truth: &Mask, change: &[f32]) {
         for ((&t, &p), &d) in truth.data().iter().zip(pred.data()).zip(change) {
             if t {
-                let b = CHANGE_BINS.iter().position(|&hi| d < hi).unwrap_or(3);
+                let last = CHANGE_BINS.len() - 1;
+                let b = CHANGE_BINS.iter().position(|&hi| d < hi).unwrap_or(last);
                 self.truth[b] += 1;
                 self.found[b] += u64::from(p);
             }
@@ -170,7 +171,7 @@ impl ChangeRecall {
 
     fn line(&self) -> String {
         let total = self.truth.iter().sum::<u64>().max(1) as f64;
-        let parts: Vec<String> = (0..4)
+        let parts: Vec<String> = (0..CHANGE_BINS.len())
             .map(|b| {
                 format!(
                     "{} ({:.0}% of truth) R {:.3}",
@@ -185,7 +186,7 @@ impl ChangeRecall {
 
     fn json(&self) -> serde_json::Value {
         let mut m = serde_json::Map::new();
-        for b in 0..4 {
+        for b in 0..CHANGE_BINS.len() {
             m.insert(
                 Self::label(b),
                 serde_json::json!({
@@ -345,8 +346,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         for (k, (img, m)) in items.iter().enumerate() {
             let p = probs(det.as_ref(), img)?;
             sweep.add(p.data(), m);
-            by_change.add(&p.threshold(a.sensitivity), m, &changes[k]);
-            tolerant = tolerant.merged(Tolerant::of(&p.threshold(a.sensitivity), m, 1));
+            let pred = p.threshold(a.sensitivity);
+            by_change.add(&pred, m, &changes[k]);
+            tolerant = tolerant.merged(Tolerant::of(&pred, m, 1));
             if let Some(dir) = a.save_masks.as_ref().filter(|_| k < 8) {
                 std::fs::create_dir_all(dir)?;
                 let bd = crate::imaging::BitDepth::U8;

@@ -440,15 +440,14 @@ impl DetectBatch {
             }
             input.extend(fold(&s.image).0);
             target.extend(fold_mask(&s.mask));
-            valid.extend(fold_mask(&s.ignore).into_iter().map(|v| 1.0 - v));
-            let near = s.mask.dilate(HARD_NEG_MARGIN);
             let ignored = fold_mask(&s.ignore);
+            let near = fold_mask(&s.mask.dilate(HARD_NEG_MARGIN));
             far.extend(
-                fold_mask(&near)
-                    .into_iter()
-                    .zip(ignored)
+                near.iter()
+                    .zip(&ignored)
                     .map(|(n, i)| (1.0 - n) * (1.0 - i)),
             );
+            valid.extend(ignored.into_iter().map(|v| 1.0 - v));
         }
         let n = items.len();
         let shape = (n, 4, h / 2, w / 2);
@@ -491,9 +490,8 @@ pub fn detect_loss(
     pos_weight: f64,
     dice_weight: f64,
 ) -> TrainResult<(Tensor, f32, f32)> {
-    // Stable BCE with logits: max(z, 0) - z y + log(1 + exp(-|z|)).
-    let bce =
-        ((logits.relu()? - (logits * target)?)? + ((logits.abs()?.neg()?.exp()? + 1.0)?.log()?))?;
+    // Stable BCE with logits: softplus(z) - z y.
+    let bce = (softplus(logits)? - (logits * target)?)?;
     let weight = (((target * (pos_weight - 1.0))? + 1.0)? * valid)?;
     let bce = (bce * weight)?.mean_all()?;
     let p = ((logits.neg()?.exp()? + 1.0)?.recip()? * valid)?;
@@ -504,6 +502,12 @@ pub fn detect_loss(
     let b = bce.to_scalar::<f32>()?;
     let d = dice.to_scalar::<f32>()?;
     Ok((total, b, d))
+}
+
+/// `log(1 + exp(z))`, computed stably as `max(z, 0) + log(1 + exp(-|z|))`: the BCE of logit `z`
+/// against label 0.
+fn softplus(z: &Tensor) -> candle_core::Result<Tensor> {
+    z.relu()? + (z.abs()?.neg()?.exp()? + 1.0)?.log()?
 }
 
 /// Hard-negative term: the mean BCE of the `frac` highest-scoring pixels among the far clean
@@ -535,9 +539,7 @@ pub fn hard_negative_loss(logits: &Tensor, far: &Tensor, frac: f64) -> TrainResu
         .collect();
     let count = sel.iter().sum::<f32>();
     let sel = Tensor::from_vec(sel, logits.shape(), logits.device())?;
-    // BCE against 0: max(z, 0) + log(1 + exp(-|z|)) = softplus(z).
-    let bce = (logits.relu()? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
-    let term = ((bce * sel)?.sum_all()? / f64::from(count))?;
+    let term = ((softplus(logits)? * sel)?.sum_all()? / f64::from(count))?;
     let v = term.to_scalar::<f32>()?;
     Ok((term, v))
 }
@@ -912,8 +914,9 @@ pub fn train_detect(
     save_checkpoint(&net, &opt, &state, &cfg.runs_dir)?;
     let steps_per_sec =
         (state.step - start_step) as f64 / session.elapsed().as_secs_f64().max(1e-9);
-    // Calibrate the threshold on training photos (never on the validation ones): damaged crops
-    // for F1, untouched crops for the false-positive budget (the target is 0.1%).
+    // Calibrate the threshold on the set-aside calibration photos, else the training photos
+    // (never on the validation ones): damaged crops for F1, the untouched photos for the
+    // false-positive budget (the target is 0.1%).
     let cal = cal_source.unwrap_or(source);
     let cal_damaged = synth_items(cal, bank, 64, 128, cfg.seed ^ 0xca1, 0)?;
     let cal_clean = (0..cal.len()).filter_map(|i| cal.photo(i));
