@@ -8,6 +8,7 @@ pub mod cli;
 pub mod detect;
 pub mod engine;
 pub mod imaging;
+pub mod jsonfile;
 pub mod models;
 pub mod restore;
 pub mod rl;

@@ -516,21 +516,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     report.insert("settings".into(), settings);
     let report = serde_json::Value::Object(report);
     if let Some(p) = &a.json {
-        std::fs::write(p, serde_json::to_string_pretty(&report)?)
-            .with_context(|| format!("writing {}", p.display()))?;
+        crate::jsonfile::write(p, &report)?;
     }
     if a.update_manifest {
         let path = registry
             .weights_dir()
             .join(format!("{}.json", crate::detect::learned::MODEL_ID));
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let mut m: serde_json::Value = serde_json::from_str(&text)?;
+        let mut m: serde_json::Value = crate::jsonfile::read(&path)?;
         if let Some(obj) = m.as_object_mut() {
             obj.insert("metrics".into(), report.clone());
         }
-        std::fs::write(&path, serde_json::to_string_pretty(&m)?)
-            .with_context(|| format!("writing {}", path.display()))?;
+        crate::jsonfile::write(&path, &m)?;
         println!("metrics written into {}", path.display());
     }
     Ok(())

@@ -76,8 +76,9 @@ pub struct DetectArgs {
     /// Continue from the checkpoint in the runs folder.
     #[arg(long)]
     pub resume: bool,
-    /// Start from these weights (same sizes) instead of a random initialisation (ignored when
-    /// a checkpoint is resumed).
+    /// Start from these weights instead of a random initialisation (ignored when a checkpoint
+    /// is resumed): the same sizes, or smaller ones (same block count), which are widened to
+    /// --base/--mid/--deep without changing what the network computes.
     #[arg(long)]
     pub init: Option<PathBuf>,
     /// Seed of everything random.

@@ -217,13 +217,9 @@ pub struct DetectManifest {
 impl DetectManifest {
     /// Reads a manifest.
     pub fn read(path: &Path) -> Result<Self, DetectError> {
-        let text = std::fs::read_to_string(path).map_err(|e| DetectError::Weights {
+        crate::jsonfile::read(path).map_err(|e| DetectError::Weights {
             path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-        serde_json::from_str(&text).map_err(|e| DetectError::Weights {
-            path: path.to_owned(),
-            reason: format!("bad manifest: {e}"),
+            reason: format!("manifest: {}", e.cause()),
         })
     }
 }
@@ -315,6 +311,61 @@ impl LoadedNet {
                     reason: format!("'{name}' holds NaN or infinite values"),
                 });
             }
+        }
+        Ok(loaded)
+    }
+
+    /// A network of sizes `config` that computes exactly what the smaller network in `path`
+    /// computes (Net2Net-style widening, to continue training a trained detector with more
+    /// channels): each old kernel lands in the top-left corner of the new one, old outputs read
+    /// the new input channels with zero weights, and the new output channels keep their seeded
+    /// random initialisation (their effect starts at zero because every layer that reads them
+    /// has zero weights on them). The file must hold every variable, none larger than `config`'s.
+    pub fn widened_from(
+        config: DetectNetConfig,
+        path: &Path,
+        seed: u64,
+        dev: &Device,
+    ) -> Result<Self, DetectError> {
+        config.check().map_err(|reason| DetectError::Weights {
+            path: path.to_owned(),
+            reason,
+        })?;
+        let bad = |reason: String| DetectError::Weights {
+            path: path.to_owned(),
+            reason,
+        };
+        let loaded = Self::fresh(config, seed, dev)?;
+        let tensors = candle_core::safetensors::load(path, dev).map_err(|e| bad(e.to_string()))?;
+        for (name, var) in loaded.vars()? {
+            let old = tensors
+                .get(&name)
+                .ok_or_else(|| bad(format!("no tensor '{name}'")))?;
+            let (od, nd) = (old.dims().to_vec(), var.dims().to_vec());
+            let fits = od.len() == nd.len()
+                && od.iter().zip(&nd).all(|(o, n)| o <= n)
+                && (od.len() == 1 || (od.len() == 4 && od[2..] == nd[2..]));
+            if !fits {
+                return Err(bad(format!(
+                    "'{name}' is {od:?}, which does not fit in the wider {nd:?}"
+                )));
+            }
+            let src: Vec<f32> = old.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+            if src.iter().any(|v| !v.is_finite()) {
+                return Err(bad(format!("'{name}' holds NaN or infinite values")));
+            }
+            let mut dst: Vec<f32> = var.as_tensor().flatten_all()?.to_vec1()?;
+            if od.len() == 1 {
+                dst[..od[0]].copy_from_slice(&src);
+            } else {
+                let k = od[2] * od[3];
+                for o in 0..od[0] {
+                    let row = &mut dst[o * nd[1] * k..(o + 1) * nd[1] * k];
+                    row.fill(0.0);
+                    row[..od[1] * k].copy_from_slice(&src[o * od[1] * k..(o + 1) * od[1] * k]);
+                }
+            }
+            var.set(&Tensor::from_vec(dst, nd, dev)?)?;
         }
         Ok(loaded)
     }
@@ -500,6 +551,70 @@ mod tests {
         let text = serde_json::to_string(&wide).unwrap_or_else(|e| panic!("{e}"));
         let back: DetectNetConfig = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(back, wide);
+    }
+
+    #[test]
+    fn a_widened_network_computes_what_the_narrow_one_did() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let narrow = DetectNetConfig {
+            base: 4,
+            mid: 6,
+            deep: 8,
+            blocks: 1,
+        };
+        let net = LoadedNet::fresh(narrow, 5, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        let mut map = HashMap::new();
+        for (name, var) in net.vars().unwrap_or_else(|e| panic!("{e}")) {
+            map.insert(name, var.as_tensor().clone());
+        }
+        let path = dir.path().join("narrow.safetensors");
+        candle_core::safetensors::save(&map, &path).unwrap_or_else(|e| panic!("{e}"));
+        let img = ImageF32::from_fn(40, 32, 3, |x, y, c| {
+            (((x * 7 + y * 13 + c * 5) % 17) as f32 / 17.0) * 0.8 + 0.1
+        });
+        let before = Learned::from_net(net, 0.0)
+            .logits(&img)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let wide = DetectNetConfig {
+            base: 6,
+            mid: 9,
+            deep: 12,
+            blocks: 1,
+        };
+        let widened =
+            LoadedNet::widened_from(wide, &path, 9, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(widened.config, wide);
+        assert!(widened.param_count() > 0);
+        let after = Learned::from_net(widened, 0.0)
+            .logits(&img)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let worst = before
+            .iter()
+            .zip(&after)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-4, "widening moved a logit by {worst}");
+        // The new channels are live (not all zero), so training can use them.
+        let again =
+            LoadedNet::widened_from(wide, &path, 9, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        let e1 = again
+            .vars()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .find(|(n, _)| n == "e1.weight")
+            .map(|(_, v)| v.as_tensor().clone())
+            .unwrap_or_else(|| panic!("no e1.weight"));
+        let new_rows: Vec<f32> = e1
+            .narrow(0, 4, 2)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(new_rows.iter().any(|v| v.abs() > 1e-3));
+        // Narrower sizes or another block count do not fit.
+        let narrower = DetectNetConfig { base: 3, ..wide };
+        assert!(LoadedNet::widened_from(narrower, &path, 9, &Device::Cpu).is_err());
+        let deeper = DetectNetConfig { blocks: 2, ..wide };
+        assert!(LoadedNet::widened_from(deeper, &path, 9, &Device::Cpu).is_err());
     }
 
     /// Farthest output pixel (Chebyshev distance) whose logit moves when one input pixel does.

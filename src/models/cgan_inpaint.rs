@@ -67,10 +67,8 @@ impl CganInpaint {
             path: manifest.clone(),
             reason,
         };
-        let text = std::fs::read_to_string(&manifest)
-            .map_err(|e| bad(format!("manifest unreadable: {e}")))?;
-        let head: ManifestHead =
-            serde_json::from_str(&text).map_err(|e| bad(format!("manifest is not valid: {e}")))?;
+        let head: ManifestHead = crate::jsonfile::read(&manifest)
+            .map_err(|e| bad(format!("manifest: {}", e.cause())))?;
         if head.generator.base == 0 || head.generator.base > 256 {
             return Err(bad(format!(
                 "implausible generator width {}",

@@ -515,26 +515,22 @@ pub struct GanManifest {
 impl GanManifest {
     /// Reads a manifest.
     pub fn read(path: &Path) -> GanResult<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| GanError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|source| GanError::Manifest {
-            path: path.to_owned(),
-            source,
-        })
+        Ok(crate::jsonfile::read(path)?)
     }
 
-    /// Writes the manifest as pretty JSON.
+    /// Writes the manifest as pretty JSON (atomically).
     pub fn write(&self, path: &Path) -> GanResult<()> {
-        let text = serde_json::to_string_pretty(self).map_err(|source| GanError::Manifest {
-            path: path.to_owned(),
-            source,
-        })?;
-        std::fs::write(path, text + "\n").map_err(|source| GanError::Io {
-            path: path.to_owned(),
-            source,
-        })
+        Ok(crate::jsonfile::write(path, self)?)
+    }
+}
+
+impl From<crate::jsonfile::JsonFileError> for GanError {
+    fn from(e: crate::jsonfile::JsonFileError) -> Self {
+        use crate::jsonfile::JsonFileError as J;
+        match e {
+            J::Io { path, source } => Self::Io { path, source },
+            J::Json { path, source } => Self::Manifest { path, source },
+        }
     }
 }
 

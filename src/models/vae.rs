@@ -474,26 +474,22 @@ pub struct VaeManifest {
 impl VaeManifest {
     /// Reads a manifest.
     pub fn read(path: &Path) -> VaeResult<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| VaeError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        serde_json::from_str(&text).map_err(|source| VaeError::Manifest {
-            path: path.to_owned(),
-            source,
-        })
+        Ok(crate::jsonfile::read(path)?)
     }
 
-    /// Writes the manifest as pretty JSON.
+    /// Writes the manifest as pretty JSON (atomically).
     pub fn write(&self, path: &Path) -> VaeResult<()> {
-        let text = serde_json::to_string_pretty(self).map_err(|source| VaeError::Manifest {
-            path: path.to_owned(),
-            source,
-        })?;
-        std::fs::write(path, text + "\n").map_err(|source| VaeError::Io {
-            path: path.to_owned(),
-            source,
-        })
+        Ok(crate::jsonfile::write(path, self)?)
+    }
+}
+
+impl From<crate::jsonfile::JsonFileError> for VaeError {
+    fn from(e: crate::jsonfile::JsonFileError) -> Self {
+        use crate::jsonfile::JsonFileError as J;
+        match e {
+            J::Io { path, source } => Self::Io { path, source },
+            J::Json { path, source } => Self::Manifest { path, source },
+        }
     }
 }
 

@@ -101,25 +101,23 @@ pub struct RlManifest {
     pub init: Option<String>,
 }
 
+/// A manifest file's error as [`RlError::Weights`].
+fn manifest_err(path: &Path, e: crate::jsonfile::JsonFileError) -> RlError {
+    RlError::Weights {
+        path: path.to_owned(),
+        reason: format!("manifest: {}", e.cause()),
+    }
+}
+
 impl RlManifest {
     /// Reads a manifest.
     pub fn read(path: &Path) -> RlResult<Self> {
-        let err = |reason: String| RlError::Weights {
-            path: path.to_owned(),
-            reason,
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-        serde_json::from_str(&text).map_err(|e| err(format!("not a valid manifest ({e})")))
+        crate::jsonfile::read(path).map_err(|e| manifest_err(path, e))
     }
 
-    /// Writes the manifest (pretty JSON).
+    /// Writes the manifest (pretty JSON, atomically).
     pub fn write(&self, path: &Path) -> RlResult<()> {
-        let err = |reason: String| RlError::Weights {
-            path: path.to_owned(),
-            reason,
-        };
-        let text = serde_json::to_string_pretty(self).map_err(|e| err(e.to_string()))?;
-        std::fs::write(path, text + "\n").map_err(|e| err(e.to_string()))
+        crate::jsonfile::write(path, self).map_err(|e| manifest_err(path, e))
     }
 
     /// The action set.

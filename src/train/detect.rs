@@ -577,7 +577,9 @@ pub struct DetectTrainConfig {
     pub out: PathBuf,
     /// Continue from the checkpoint in `runs_dir`.
     pub resume: bool,
-    /// Start a fresh run from these weights (same sizes) instead of a random initialisation.
+    /// Start a fresh run from these weights instead of a random initialisation: the same sizes,
+    /// or smaller ones, widened without changing what the network computes
+    /// ([`LoadedNet::widened_from`]).
     pub init: Option<PathBuf>,
     /// Stop (checkpoint + weights + manifest) after this many seconds of this session.
     pub max_seconds: Option<f64>,
@@ -783,7 +785,9 @@ pub fn train_detect(
     let (tensors_path, json_path) = ckpt_paths(&cfg.runs_dir);
     let resuming = cfg.resume && json_path.is_file() && tensors_path.is_file();
     let net = match &cfg.init {
-        Some(path) if !resuming => LoadedNet::load(cfg.net, path, dev).map_err(det_err)?,
+        Some(path) if !resuming => {
+            LoadedNet::widened_from(cfg.net, path, cfg.seed, dev).map_err(det_err)?
+        }
         _ => LoadedNet::fresh(cfg.net, cfg.seed, dev).map_err(det_err)?,
     };
     let mut opt = AdamW::new(net.vars().map_err(det_err)?, cfg.lr, 1e-4)?;
@@ -802,9 +806,7 @@ pub fn train_detect(
     if let Some(init) = cfg.init.as_ref().filter(|_| !resuming) {
         // Carry the history of the initialising run (its manifest), so the shipped manifest
         // tells the whole training cost.
-        let prior = std::fs::read_to_string(init.with_extension("json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+        let prior = crate::jsonfile::read::<serde_json::Value>(&init.with_extension("json")).ok();
         if let Some(m) = prior {
             state.prior_steps = m["steps"].as_u64().unwrap_or(0);
             state.prior_train_seconds = m["train_seconds"].as_f64().unwrap_or(0.0);

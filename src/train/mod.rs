@@ -68,17 +68,10 @@ pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError +
     }
 }
 
-/// `path` with `.tmp` appended: where a file is written before it is renamed into place.
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".tmp");
-    PathBuf::from(name)
-}
-
 /// Saves tensors as safetensors through a temporary file and a rename, so a stop mid-write
 /// leaves the previous file whole.
 pub(crate) fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> TrainResult<()> {
-    let tmp = tmp_path(path);
+    let tmp = crate::jsonfile::tmp_path(path);
     candle_core::safetensors::save(tensors, &tmp)?;
     std::fs::rename(&tmp, path).map_err(io_err(path))
 }
@@ -86,22 +79,22 @@ pub(crate) fn save_tensors(tensors: &HashMap<String, Tensor>, path: &Path) -> Tr
 /// Writes `value` as pretty JSON (checkpoint states, manifests), atomically like
 /// [`save_tensors`].
 pub(crate) fn write_json<T: serde::Serialize + ?Sized>(path: &Path, value: &T) -> TrainResult<()> {
-    let text = serde_json::to_string_pretty(value).map_err(|source| TrainError::Checkpoint {
-        path: path.to_owned(),
-        source,
-    })?;
-    let tmp = tmp_path(path);
-    std::fs::write(&tmp, text + "\n").map_err(io_err(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io_err(path))
+    Ok(crate::jsonfile::write(path, value)?)
 }
 
 /// Reads JSON written by [`write_json`].
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> TrainResult<T> {
-    let text = std::fs::read_to_string(path).map_err(io_err(path))?;
-    serde_json::from_str(&text).map_err(|source| TrainError::Checkpoint {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(crate::jsonfile::read(path)?)
+}
+
+impl From<crate::jsonfile::JsonFileError> for TrainError {
+    fn from(e: crate::jsonfile::JsonFileError) -> Self {
+        use crate::jsonfile::JsonFileError as J;
+        match e {
+            J::Io { path, source } => Self::Io { path, source },
+            J::Json { path, source } => Self::Checkpoint { path, source },
+        }
+    }
 }
 
 /// Square RGB images held in memory as 8-bit values (`[n][3][s][s]`, planar).
