@@ -584,6 +584,7 @@ mod tests {
         let widened =
             LoadedNet::widened_from(wide, &path, 9, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(widened.config, wide);
+        assert!(widened.param_count() > 0);
         // The new channels are live (not all zero), so training can use them.
         let e1 = widened
             .vars()
