@@ -44,6 +44,9 @@ pub struct DetectArgs {
     /// Extra residual blocks at 1/8 resolution (more context).
     #[arg(long, default_value_t = 2)]
     pub blocks: usize,
+    /// Extra residual blocks (two 3x3 convs) at 1/2 resolution (finer decisions).
+    #[arg(long, default_value_t = 0)]
+    pub fine: usize,
     /// Peak learning rate.
     #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
@@ -77,8 +80,9 @@ pub struct DetectArgs {
     #[arg(long)]
     pub resume: bool,
     /// Start from these weights instead of a random initialisation (ignored when a checkpoint
-    /// is resumed): the same sizes, or smaller ones (same block count), which are widened to
-    /// --base/--mid/--deep without changing what the network computes.
+    /// is resumed): the same sizes, or smaller ones (same block count, as many fine blocks or
+    /// fewer), which are widened to --base/--mid/--deep and deepened to --fine without
+    /// changing what the network computes.
     #[arg(long)]
     pub init: Option<PathBuf>,
     /// Seed of everything random.
@@ -131,6 +135,7 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
             mid: a.mid,
             deep: a.deep,
             blocks: a.blocks,
+            fine: a.fine,
         },
         steps: a.steps,
         batch: a.batch,

@@ -20,11 +20,13 @@
 //! d2   conv 3x3                  m -> m    relu            1/4
 //! u1   conv 1x1 m -> b at 1/4, nearest 2x, + e1, relu           1/2
 //! d1   conv 3x3                  b -> b    relu            1/2
+//! f1.. x + conv 3x3(relu(conv 3x3 x))  b -> b      (config.fine)  1/2
 //! out  conv 1x1                  b -> 4    logits of each 2x2 block, depth-to-space
 //! ```
 //! (`b`, `m`, `d` = [`DetectNetConfig::widths`]; the first shipped model had m = 2b, d = 3b.)
 //! A 1x1 conv commutes with nearest upsampling, so it runs before the upsample; skips are added
-//! rather than concatenated. The receptive field radius is 47 pixels plus 16 per extra block;
+//! rather than concatenated. The receptive field radius is 47 pixels plus 16 per extra block
+//! and 4 per fine block;
 //! [`Learned`] uses a halo above it (64 pixels without extra blocks) and 8-aligned tiles, so
 //! tiled detection equals a single pass. Any size
 //! works: inputs are padded to a multiple of 8 by edge replication and the output cropped back.
@@ -58,6 +60,10 @@ pub struct DetectNetConfig {
     /// Extra residual 3x3 blocks (dilation 2) at 1/8 resolution, for context.
     #[serde(default)]
     pub blocks: usize,
+    /// Extra residual blocks (two 3x3 convs) at 1/2 resolution after the decoder, for finer
+    /// decisions where hairs and specks meet texture.
+    #[serde(default)]
+    pub fine: usize,
 }
 
 impl Default for DetectNetConfig {
@@ -67,6 +73,7 @@ impl Default for DetectNetConfig {
             mid: 0,
             deep: 0,
             blocks: 0,
+            fine: 0,
         }
     }
 }
@@ -90,19 +97,19 @@ impl DetectNetConfig {
     /// training flag, must give an error, not an allocation of gigabytes).
     pub fn check(&self) -> Result<(), String> {
         let (b, m, d) = self.widths();
-        if b > 256 || m > 512 || d > 1024 || self.blocks > 8 {
+        if b > 256 || m > 512 || d > 1024 || self.blocks > 8 || self.fine > 8 {
             return Err(format!(
-                "implausible network sizes (base {b}, mid {m}, deep {d}, blocks {})",
-                self.blocks
+                "implausible network sizes (base {b}, mid {m}, deep {d}, blocks {}, fine {})",
+                self.blocks, self.fine
             ));
         }
         Ok(())
     }
 
     /// Radius in full-resolution pixels beyond which no input pixel affects an output pixel
-    /// (rounded up): 47 for the base network, plus 16 per extra block.
+    /// (rounded up): 47 for the base network, plus 16 per extra block and 4 per fine block.
     pub fn receptive_radius(&self) -> usize {
-        47 + 16 * self.blocks
+        47 + 16 * self.blocks + 4 * self.fine
     }
 }
 
@@ -113,12 +120,16 @@ pub fn architecture(cfg: &DetectNetConfig) -> String {
         0 => String::new(),
         n => format!(" -> {n} residual conv3x3 dil2 {b3}"),
     };
+    let fine = match cfg.fine {
+        0 => String::new(),
+        n => format!(" -> {n} residual (conv3x3 {b}, relu, conv3x3 {b})"),
+    };
     format!(
         "tiny U-Net on our fast convs, never at full resolution: RGB in [-1,1] folded 2x2 \
          (space-to-depth, 12 ch at 1/2) -> conv3x3 {b} (1/2) -> conv3x3 s2 {b2} -> conv3x3 {b2} \
          (1/4) -> conv3x3 s2 {b3} -> conv3x3 {b3} -> conv3x3 dil2 {b3}{blocks} (1/8) -> conv1x1 \
          {b2} + nearest-up + skip -> conv3x3 {b2} (1/4) -> conv1x1 {b} + nearest-up + skip -> \
-         conv3x3 {b} (1/2) -> conv1x1 4 logits per 2x2 block (depth-to-space); relu \
+         conv3x3 {b}{fine} (1/2) -> conv1x1 4 logits per 2x2 block (depth-to-space); relu \
          everywhere; receptive field radius {rf} px",
         rf = cfg.receptive_radius(),
     )
@@ -147,6 +158,8 @@ pub struct DetectNet {
     d2: Conv2dFast,
     u1: Conv2dFast,
     d1: Conv2dFast,
+    /// Extra residual blocks at 1/2 (`f1a`/`f1b`, ...).
+    fine: Vec<(Conv2dFast, Conv2dFast)>,
     out: Conv2dFast,
 }
 
@@ -162,6 +175,14 @@ impl DetectNet {
                 Conv2dFast::new(vb.pp(name), b3, b3, 3, cfg(2, 1, 2), relu)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
+        let fine = (0..c.fine)
+            .map(|k| {
+                let a =
+                    Conv2dFast::new(vb.pp(format!("f{}a", k + 1)), b, b, 3, cfg(1, 1, 1), relu)?;
+                let z = Conv2dFast::new(vb.pp(format!("f{}b", k + 1)), b, b, 3, cfg(1, 1, 1), id)?;
+                Ok((a, z))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
             e1: Conv2dFast::new(vb.pp("e1"), 12, b, 3, cfg(1, 1, 1), relu)?,
             e2: Conv2dFast::new(vb.pp("e2"), b, b2, 3, cfg(1, 2, 1), relu)?,
@@ -174,6 +195,7 @@ impl DetectNet {
             d2: Conv2dFast::new(vb.pp("d2"), b2, b2, 3, cfg(1, 1, 1), relu)?,
             u1: Conv2dFast::new(vb.pp("u1"), b2, b, 1, cfg(0, 1, 1), id)?,
             d1: Conv2dFast::new(vb.pp("d1"), b, b, 3, cfg(1, 1, 1), relu)?,
+            fine,
             out: Conv2dFast::new(vb.pp("out"), b, 4, 1, cfg(0, 1, 1), id)?,
         })
     }
@@ -191,7 +213,10 @@ impl DetectNet {
         let u2 = (upsample_nearest2x(&self.u2.forward(&m)?)? + s4)?.relu()?;
         let d2 = self.d2.forward(&u2)?;
         let u1 = (upsample_nearest2x(&self.u1.forward(&d2)?)? + e1)?.relu()?;
-        let d1 = self.d1.forward(&u1)?;
+        let mut d1 = self.d1.forward(&u1)?;
+        for (a, z) in &self.fine {
+            d1 = (&d1 + z.forward(&a.forward(&d1)?)?)?;
+        }
         self.out.forward(&d1)
     }
 }
@@ -316,11 +341,14 @@ impl LoadedNet {
     }
 
     /// A network of sizes `config` that computes exactly what the smaller network in `path`
-    /// computes (Net2Net-style widening, to continue training a trained detector with more
-    /// channels): each old kernel lands in the top-left corner of the new one, old outputs read
-    /// the new input channels with zero weights, and the new output channels keep their seeded
-    /// random initialisation (their effect starts at zero because every layer that reads them
-    /// has zero weights on them). The file must hold every variable, none larger than `config`'s.
+    /// computes (Net2Net-style widening and deepening, to continue training a trained detector
+    /// with more channels or fine blocks): each old kernel lands in the top-left corner of the
+    /// new one, old outputs read the new input channels with zero weights, and the new output
+    /// channels keep their seeded random initialisation (their effect starts at zero because
+    /// every layer that reads them has zero weights on them). Fine blocks the file lacks start
+    /// as the identity: their first conv seeded, their second (the residual) zero. The file
+    /// must hold every other variable, none larger than `config`'s, and nothing the new network
+    /// lacks.
     pub fn widened_from(
         config: DetectNetConfig,
         path: &Path,
@@ -337,10 +365,24 @@ impl LoadedNet {
         };
         let loaded = Self::fresh(config, seed, dev)?;
         let tensors = candle_core::safetensors::load(path, dev).map_err(|e| bad(e.to_string()))?;
-        for (name, var) in loaded.vars()? {
-            let old = tensors
-                .get(&name)
-                .ok_or_else(|| bad(format!("no tensor '{name}'")))?;
+        let vars = loaded.vars()?;
+        if let Some(extra) = tensors.keys().find(|k| !vars.iter().any(|(n, _)| n == *k)) {
+            return Err(bad(format!("'{extra}' has no place in the new network")));
+        }
+        for (name, var) in vars {
+            let Some(old) = tensors.get(&name) else {
+                let block = name.split('.').next().unwrap_or_default();
+                let is_fine = block.len() > 2
+                    && block.starts_with('f')
+                    && block[1..block.len() - 1].parse::<usize>().is_ok();
+                if !is_fine {
+                    return Err(bad(format!("no tensor '{name}'")));
+                }
+                if block.ends_with('b') {
+                    var.set(&var.as_tensor().zeros_like()?)?;
+                }
+                continue;
+            };
             let (od, nd) = (old.dims().to_vec(), var.dims().to_vec());
             let fits = od.len() == nd.len()
                 && od.iter().zip(&nd).all(|(o, n)| o <= n)
@@ -546,6 +588,7 @@ mod tests {
             mid: 48,
             deep: 96,
             blocks: 2,
+            fine: 0,
         };
         assert_eq!(wide.widths(), (24, 48, 96));
         let text = serde_json::to_string(&wide).unwrap_or_else(|e| panic!("{e}"));
@@ -561,6 +604,7 @@ mod tests {
             mid: 6,
             deep: 8,
             blocks: 1,
+            fine: 0,
         };
         let net = LoadedNet::fresh(narrow, 5, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
         let mut map = HashMap::new();
@@ -580,6 +624,7 @@ mod tests {
             mid: 9,
             deep: 12,
             blocks: 1,
+            fine: 1,
         };
         let widened =
             LoadedNet::widened_from(wide, &path, 9, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
@@ -613,6 +658,14 @@ mod tests {
         assert!(LoadedNet::widened_from(narrower, &path, 9, &Device::Cpu).is_err());
         let deeper = DetectNetConfig { blocks: 2, ..wide };
         assert!(LoadedNet::widened_from(deeper, &path, 9, &Device::Cpu).is_err());
+        // A file with fine blocks the new network lacks does not fit either.
+        let widened =
+            LoadedNet::widened_from(wide, &path, 9, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        let path2 = dir.path().join("deep.safetensors");
+        widened.save_f16(&path2).unwrap_or_else(|e| panic!("{e}"));
+        let no_fine = DetectNetConfig { fine: 0, ..wide };
+        assert!(LoadedNet::widened_from(no_fine, &path2, 9, &Device::Cpu).is_err());
+        assert!(LoadedNet::widened_from(wide, &path2, 9, &Device::Cpu).is_ok());
     }
 
     /// Farthest output pixel (Chebyshev distance) whose logit moves when one input pixel does.
@@ -642,20 +695,24 @@ mod tests {
 
     #[test]
     fn the_stated_receptive_field_and_the_halo_cover_what_one_pixel_reaches() {
-        for blocks in [0, 2] {
+        for (blocks, fine) in [(0, 0), (2, 0), (0, 2)] {
             let cfg = DetectNetConfig {
                 base: 4,
                 mid: 6,
                 deep: 8,
                 blocks,
+                fine,
             };
             let reach = measured_reach(cfg);
             let stated = cfg.receptive_radius();
-            assert!(reach <= stated, "blocks {blocks}: reach {reach} > {stated}");
+            assert!(
+                reach <= stated,
+                "blocks {blocks}, fine {fine}: reach {reach} > {stated}"
+            );
             // The statement is not loose either: a pixel reaches most of it.
             assert!(
                 reach + 12 >= stated,
-                "blocks {blocks}: reach {reach} << {stated}"
+                "blocks {blocks}, fine {fine}: reach {reach} << {stated}"
             );
             let net = LoadedNet::fresh(cfg, 3, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
             let halo = Learned::from_net(net, 0.0).halo();

@@ -1191,6 +1191,7 @@ mod tests {
                 mid: 0,
                 deep: 0,
                 blocks: 0,
+                fine: 0,
             },
             steps: 1,
             batch: 1,
