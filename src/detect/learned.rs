@@ -135,6 +135,11 @@ pub fn architecture(cfg: &DetectNetConfig) -> String {
     )
 }
 
+/// Variable prefixes of fine block `k` (1-based): its first conv and its residual conv.
+fn fine_block_names(k: usize) -> [String; 2] {
+    [format!("f{k}a"), format!("f{k}b")]
+}
+
 fn cfg(padding: usize, stride: usize, dilation: usize) -> ConvConfig {
     ConvConfig {
         padding,
@@ -175,11 +180,11 @@ impl DetectNet {
                 Conv2dFast::new(vb.pp(name), b3, b3, 3, cfg(2, 1, 2), relu)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        let fine = (0..c.fine)
+        let fine = (1..=c.fine)
             .map(|k| {
-                let a =
-                    Conv2dFast::new(vb.pp(format!("f{}a", k + 1)), b, b, 3, cfg(1, 1, 1), relu)?;
-                let z = Conv2dFast::new(vb.pp(format!("f{}b", k + 1)), b, b, 3, cfg(1, 1, 1), id)?;
+                let [a, z] = fine_block_names(k);
+                let a = Conv2dFast::new(vb.pp(a), b, b, 3, cfg(1, 1, 1), relu)?;
+                let z = Conv2dFast::new(vb.pp(z), b, b, 3, cfg(1, 1, 1), id)?;
                 Ok((a, z))
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
@@ -371,14 +376,12 @@ impl LoadedNet {
         }
         for (name, var) in vars {
             let Some(old) = tensors.get(&name) else {
+                // Only fine blocks may be new: position 0 is their first conv, 1 the residual.
                 let block = name.split('.').next().unwrap_or_default();
-                let is_fine = block.len() > 2
-                    && block.starts_with('f')
-                    && block[1..block.len() - 1].parse::<usize>().is_ok();
-                if !is_fine {
-                    return Err(bad(format!("no tensor '{name}'")));
-                }
-                if block.ends_with('b') {
+                let role = (1..=config.fine)
+                    .find_map(|k| fine_block_names(k).iter().position(|n| n == block))
+                    .ok_or_else(|| bad(format!("no tensor '{name}'")))?;
+                if role == 1 {
                     var.set(&var.as_tensor().zeros_like()?)?;
                 }
                 continue;
@@ -644,6 +647,8 @@ mod tests {
             .and_then(|t| t.to_vec1())
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(new_rows.iter().any(|v| v.abs() > 1e-3));
+        let path2 = dir.path().join("deep.safetensors");
+        widened.save_f16(&path2).unwrap_or_else(|e| panic!("{e}"));
         let after = Learned::from_net(widened, 0.0)
             .logits(&img)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -659,10 +664,6 @@ mod tests {
         let deeper = DetectNetConfig { blocks: 2, ..wide };
         assert!(LoadedNet::widened_from(deeper, &path, 9, &Device::Cpu).is_err());
         // A file with fine blocks the new network lacks does not fit either.
-        let widened =
-            LoadedNet::widened_from(wide, &path, 9, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
-        let path2 = dir.path().join("deep.safetensors");
-        widened.save_f16(&path2).unwrap_or_else(|e| panic!("{e}"));
         let no_fine = DetectNetConfig { fine: 0, ..wide };
         assert!(LoadedNet::widened_from(no_fine, &path2, 9, &Device::Cpu).is_err());
         assert!(LoadedNet::widened_from(wide, &path2, 9, &Device::Cpu).is_ok());
