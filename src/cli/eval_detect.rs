@@ -19,7 +19,9 @@ use crate::models::registry::Registry;
 use crate::restore::NullReporter;
 use crate::train::cgan::CropSource;
 use crate::train::damage_synth::ArtifactBank;
-use crate::train::detect::{synth_sample, synth_sample_with_change, LabelStats, VISIBLE_CHANGE};
+use crate::train::detect::{
+    synth_sample, synth_sample_with_truth, LabelStats, SynthTruth, VISIBLE_CHANGE,
+};
 
 /// Arguments of `eval-detect`.
 #[derive(Debug, clap::Args)]
@@ -115,6 +117,81 @@ fn line(label: &str, c: &Counts) -> String {
         c.f1(),
         c.iou()
     )
+}
+
+/// Changes up to this map onto the 8-bit levels of [`Ceiling`]'s sweeps (0.25 / 255 per level).
+const CEILING_RANGE: f32 = 0.25;
+
+/// A ceiling for the detectors: the scores of thresholding the true difference between each
+/// damaged crop and its clean reference, which a detector would have to infer from the scene
+/// (simple thresholding, so a reference point rather than a strict bound). Without grain that difference
+/// is exactly what the labels threshold; with grain it is noisy, so the blind score averages it
+/// over 3x3 pixels and sweeps one threshold over all crops. The grain-aware score also knows
+/// which crops have grain: it thresholds the others exactly at [`VISIBLE_CHANGE`] and sweeps the
+/// grainy ones only. How far a detector is below these separates what the grain hides from what
+/// the detector does not know about the scene.
+#[derive(Default)]
+struct Ceiling {
+    /// Every crop, 3x3 mean.
+    blind: Sweep,
+    /// Crops without grain, exact.
+    exact: Counts,
+    /// Crops with grain, 3x3 mean.
+    grainy: Sweep,
+}
+
+impl Ceiling {
+    fn add(&mut self, image: &ImageF32, truth: &Mask, t: &SynthTruth) {
+        let (w, h) = (image.width(), image.height());
+        if image.channels() != 3 || t.reference.data().len() != image.data().len() {
+            return;
+        }
+        let diff: Vec<f32> = image
+            .data()
+            .iter()
+            .zip(t.reference.data())
+            .map(|(a, b)| a - b)
+            .collect();
+        let mut levels = Vec::with_capacity(w * h);
+        for y in 0..h {
+            for x in 0..w {
+                let mut best = 0f32;
+                for c in 0..3 {
+                    let (mut sum, mut n) = (0f32, 0f32);
+                    for yy in y.saturating_sub(1)..=(y + 1).min(h - 1) {
+                        for xx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
+                            sum += diff[(yy * w + xx) * 3 + c];
+                            n += 1.0;
+                        }
+                    }
+                    best = best.max((sum / n).abs());
+                }
+                levels.push((best / CEILING_RANGE * 255.0).round().min(255.0) as u8);
+            }
+        }
+        self.blind.add(&levels, truth);
+        if t.grain {
+            self.grainy.add(&levels, truth);
+        } else {
+            for (px, &tr) in diff.chunks_exact(3).zip(truth.data()) {
+                let d = px.iter().fold(0f32, |m, v| m.max(v.abs()));
+                self.exact.add(d > VISIBLE_CHANGE, tr);
+            }
+        }
+    }
+
+    /// Best-threshold scores of the blind 3x3 difference.
+    fn blind(&self) -> Counts {
+        self.blind.best_f1().1
+    }
+
+    /// Best-threshold scores knowing which crops have grain.
+    fn aware(&self) -> Counts {
+        (1..=255u8)
+            .map(|l| self.exact.merged(self.grainy.at(l)))
+            .max_by(|a, b| a.f1().total_cmp(&b.f1()))
+            .unwrap_or(self.exact)
+    }
 }
 
 fn tol_json(t: &Tolerant) -> serde_json::Value {
@@ -301,13 +378,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(2024);
     let mut items = Vec::new();
     let mut changes = Vec::new();
+    let mut ceiling = Ceiling::default();
     let mut label_stats = LabelStats::default();
     for i in 0..source.len() * a.crops {
         let clean = source.crop(&mut rng, a.crop)?;
         let seed = 0x5eed_0000 + i as u64;
-        let (s, change) = synth_sample_with_change(&clean, Some(&bank), seed);
+        let (s, truth) = synth_sample_with_truth(&clean, Some(&bank), seed);
         label_stats = label_stats.merged(s.stats);
-        changes.push(change);
+        ceiling.add(&s.image, &s.mask, &truth);
+        changes.push(truth.change);
         items.push((s.image, s.mask));
     }
     let coverage: f64 =
@@ -336,7 +415,25 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.sensitivity,
         f32::from(level) / 255.0
     );
+    let (blind, aware) = (ceiling.blind(), ceiling.aware());
+    println!(
+        "ceiling: thresholding the true difference to the clean photo (no detector is given it), \
+         3x3 mean, best threshold:"
+    );
+    println!("{}", line("difference to the clean photo", &blind));
+    println!("{}", line("the same, knowing which have grain", &aware));
     let mut report = serde_json::Map::new();
+    report.insert(
+        "synthetic_ceiling".into(),
+        serde_json::json!({
+            "what": "scores of thresholding the difference between the damaged crop and its \
+                     clean reference (which no detector is given), its 3x3 mean, max over \
+                     channels, at the best threshold; 'grain_aware' also knows which crops have \
+                     grain and thresholds the others exactly",
+            "difference_3x3": counts_json(&blind),
+            "grain_aware": counts_json(&aware),
+        }),
+    );
     for (name, det) in &dets {
         let start = Instant::now();
         let mut sweep = Sweep::default();
@@ -530,4 +627,37 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!("metrics written into {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn photo(w: usize, h: usize) -> ImageF32 {
+        ImageF32::from_fn(w, h, 3, |x, y, c| {
+            let t = ((x * 3 + y * 5 + c * 7) % 11) as f32 / 11.0;
+            0.25 + 0.4 * (x as f32 / w as f32) + 0.1 * t
+        })
+    }
+
+    #[test]
+    fn the_ceiling_is_exact_without_grain_and_below_it_with_grain() {
+        let clean = photo(64, 64);
+        let (mut plain, mut grainy) = (Ceiling::default(), Ceiling::default());
+        for seed in 0..40 {
+            let (s, t) = synth_sample_with_truth(&clean, None, seed);
+            let c = if t.grain { &mut grainy } else { &mut plain };
+            c.add(&s.image, &s.mask, &t);
+        }
+        // Some crops of each kind, with damage.
+        assert!(plain.exact.tp > 0 && grainy.grainy.at(1).tp > 0);
+        // Without grain the difference is what the labels threshold: exact.
+        let a = plain.aware();
+        assert_eq!((a.fp, a.fn_), (0, 0));
+        assert!(a.tp > 0);
+        // With grain even the clean photo does not give the labels back, but it finds most.
+        let (b, g) = (grainy.blind(), grainy.aware());
+        assert!(b.f1() < 1.0 && b.f1() > 0.5, "{}", b.f1());
+        assert!((g.f1() - b.f1()).abs() < 1e-12, "all crops are grainy");
+    }
 }

@@ -252,26 +252,36 @@ pub fn synth_sample_full(clean: &ImageF32, bank: Option<&ArtifactBank>, seed: u6
     synth_parts(clean, bank, seed, true).0
 }
 
-/// [`synth_sample_full`] and how much its damage changed each pixel (max over the colour
-/// channels, before grain; the labels are this above [`VISIBLE_CHANGE`]), measured in the same
-/// pass; for scoring detectors by how visible the damage is.
-pub fn synth_sample_with_change(
+/// What the labels of a synthetic sample were measured from: for scoring detectors by how
+/// visible the damage is, and for the ceiling of a detector that knew the clean photo.
+#[derive(Clone, Debug)]
+pub struct SynthTruth {
+    /// How much the damage changed each pixel (max over the colour channels, before grain); the
+    /// labels are this above [`VISIBLE_CHANGE`].
+    pub change: Vec<f32>,
+    /// The clean crop with the same tone as the sample, before grain: what the change is
+    /// measured against.
+    pub reference: ImageF32,
+    /// Whether film grain was added (after the labels were measured).
+    pub grain: bool,
+}
+
+/// [`synth_sample_full`] and what its labels were measured from, in the same pass.
+pub fn synth_sample_with_truth(
     clean: &ImageF32,
     bank: Option<&ArtifactBank>,
     seed: u64,
-) -> (SynthSample, Vec<f32>) {
-    let (s, _, change) = synth_parts(clean, bank, seed, true);
-    (s, change)
+) -> (SynthSample, SynthTruth) {
+    synth_parts(clean, bank, seed, true)
 }
 
-/// [`synth_sample_full`] with grain optional; also returns the toned clean reference the
-/// labels were measured against and the per-pixel change they threshold.
+/// [`synth_sample_full`] with grain optional, and what its labels were measured from.
 fn synth_parts(
     clean: &ImageF32,
     bank: Option<&ArtifactBank>,
     seed: u64,
     grain: bool,
-) -> (SynthSample, ImageF32, Vec<f32>) {
+) -> (SynthSample, SynthTruth) {
     let (w, h) = (clean.width(), clean.height());
     let mut rng = StdRng::seed_from_u64(mix(seed, 0x00de_7ec7));
     if clean.channels() != 3 || w == 0 || h == 0 {
@@ -281,7 +291,12 @@ fn synth_parts(
             ignore: Mask::new(w, h),
             stats: LabelStats::default(),
         };
-        return (s, clean.clone(), vec![0.0; w * h]);
+        let truth = SynthTruth {
+            change: vec![0.0; w * h],
+            reference: clean.clone(),
+            grain: false,
+        };
+        return (s, truth);
     }
     let (mut img, footprint) = if rng.random_bool(0.12) {
         (clean.clone(), Mask::new(w, h))
@@ -366,7 +381,8 @@ fn synth_parts(
         stats.visible_outside_footprint += u64::from(*m && !f);
         stats.ignored += u64::from(*ig);
     }
-    if rng.random_bool(0.6) && grain {
+    let grain = rng.random_bool(0.6) && grain;
+    if grain {
         let sigma = rng.random_range(0.005..0.045f32);
         let mono = rng.random_bool(0.6);
         let clumped = rng.random_bool(0.35);
@@ -392,7 +408,12 @@ fn synth_parts(
         ignore,
         stats,
     };
-    (sample, reference, changes)
+    let truth = SynthTruth {
+        change: changes,
+        reference,
+        grain,
+    };
+    (sample, truth)
 }
 
 /// A batch of folded inputs `[n, 12, s/2, s/2]` in `[-1, 1]`, targets and loss weights
@@ -998,15 +1019,18 @@ mod tests {
         let clean = photo(96, 96);
         let (mut faint_footprint, mut outside, mut damaged) = (0, 0, 0);
         for seed in 0..24 {
-            let (s, reference, changes) = synth_parts(&clean, None, seed, false);
-            let (again, _, _) = synth_parts(&clean, None, seed, false);
+            let (s, truth) = synth_parts(&clean, None, seed, false);
+            let (reference, changes) = (truth.reference, truth.change);
+            assert!(!truth.grain);
+            let (again, _) = synth_parts(&clean, None, seed, false);
             // With grain the labels and the measured change are the same.
-            let (grainy, _, grainy_changes) = synth_parts(&clean, None, seed, true);
+            let (grainy, grainy_truth) = synth_parts(&clean, None, seed, true);
             assert_eq!(grainy.mask, s.mask, "seed {seed}: grain moved the labels");
             assert_eq!(
-                grainy_changes, changes,
+                grainy_truth.change, changes,
                 "seed {seed}: grain moved the change"
             );
+            assert_eq!(grainy_truth.reference, reference);
             assert_eq!(s.mask, again.mask, "seed {seed} is not deterministic");
             assert_eq!(changes.len(), 96 * 96);
             for (i, &measured) in changes.iter().enumerate() {
