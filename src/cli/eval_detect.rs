@@ -124,12 +124,12 @@ const CEILING_RANGE: f32 = 0.25;
 
 /// A ceiling for the detectors: the scores of thresholding the true difference between each
 /// damaged crop and its clean reference, which a detector would have to infer from the scene
-/// (simple thresholding, so a reference point rather than a strict bound). Without grain that difference
-/// is exactly what the labels threshold; with grain it is noisy, so the blind score averages it
-/// over 3x3 pixels and sweeps one threshold over all crops. The grain-aware score also knows
-/// which crops have grain: it thresholds the others exactly at [`VISIBLE_CHANGE`] and sweeps the
-/// grainy ones only. How far a detector is below these separates what the grain hides from what
-/// the detector does not know about the scene.
+/// (simple thresholding, so a reference point rather than a strict bound). Without grain that
+/// difference is exactly what the labels threshold; with grain it is noisy, so the blind score
+/// averages it over 3x3 pixels and sweeps one threshold over all crops. The grain-aware score
+/// also knows which crops have grain: it thresholds the others exactly at [`VISIBLE_CHANGE`] and
+/// sweeps the grainy ones only. How far a detector is below these separates what the grain hides
+/// from what the detector does not know about the scene.
 #[derive(Default)]
 struct Ceiling {
     /// Every crop, 3x3 mean.

@@ -66,6 +66,11 @@ pub struct DetectArgs {
     /// Share of a batch's clean pixels (away from damage) that the hard-negative term covers.
     #[arg(long, default_value_t = 0.01)]
     pub hard_neg_frac: f64,
+    /// Share of the damaged training crops that also get short film dashes (streaks 6-40 px
+    /// along the film's transport direction, like the real film-damage scans; 0 = none, as in
+    /// the held-out set).
+    #[arg(long, default_value_t = 0.0)]
+    pub dashes: f64,
     /// Set aside this many training photos (spread evenly) for calibrating the threshold only:
     /// the training never crops them (0 = calibrate on the training photos).
     #[arg(long, default_value_t = 0)]
@@ -146,6 +151,7 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
         dice_weight: a.dice_weight,
         hard_neg_weight: a.hard_neg_weight,
         hard_neg_frac: a.hard_neg_frac,
+        dashes: a.dashes,
         seed: a.seed,
         sample_every: a.sample_every,
         runs_dir: runs_dir.clone(),
@@ -159,16 +165,24 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
              train::detect::synth_sample_full: curved scratches, hairs, dust specks/blobs, rare \
              brush strokes and {k} real film-damage artifact cut-outs ({art}, up to {p} per \
              category) at 16-96 px (log-uniform), random rotation, opacity and light/dark \
-             colour, faint straight film scratches (30% of crops), then varied opacity (x0.4-1), \
-             tint and blur (box r 1-2); 12% of crops undamaged; whole-crop grey/sepia tone, \
-             gamma/contrast, then fine or clumped grain. Labels: the visibly changed pixels (see ground_truth). Validation during training: \
-             32 fixed damaged crops of {val}.",
+             colour, faint straight film scratches (30% of crops){dashes}, then varied opacity \
+             (x0.4-1), tint and blur (box r 1-2); 12% of crops undamaged; whole-crop grey/sepia \
+             tone, gamma/contrast, then fine or clumped grain. Labels: the visibly changed \
+             pixels (see ground_truth). Validation during training: 32 fixed damaged crops of {val}.",
             c = a.crop,
             n = source.len(),
             k = bank.as_ref().map_or(0, |b| b.len()),
             art = a.artifacts.display(),
             p = a.artifacts_per_category,
             val = val_dir.display(),
+            dashes = if a.dashes > 0.0 {
+                format!(
+                    ", short film dashes along the transport direction ({:.0}% of damaged crops)",
+                    100.0 * a.dashes
+                )
+            } else {
+                String::new()
+            },
         ),
         data_license: "BSDS500: no licence stated, research use (cite Arbelaez et al. 2011); \
                        film-damage artifacts: MIT (Ivanova et al. 2023). The weights inherit \

@@ -140,6 +140,63 @@ fn film_scratches(diff: &mut [f32], clean: &ImageF32, seed: u64) {
     }
 }
 
+/// Adds to `diff` the short straight streaks that dust and grit dragged through a film gate leave
+/// on a scan (the real film-damage triplets are dotted with them, and [`film_scratches`] draws
+/// long lines only): with probability `rate`, 3 to 14 dashes 6 to 40 px long and 1 to 2 px wide,
+/// all along the film's transport direction (horizontal or vertical per crop, within a few
+/// degrees), that lighten (three in four) or darken the photo by 10 to 50% of the way to white or
+/// black. A training-only addition (`--dashes`): the held-out set does not draw them.
+fn film_dashes(diff: &mut [f32], clean: &ImageF32, seed: u64, rate: f64) {
+    let (w, h) = (clean.width(), clean.height());
+    let mut rng = StdRng::seed_from_u64(seed);
+    if w < 8 || h < 8 || rate <= 0.0 || !rng.random_bool(rate.min(1.0)) {
+        return;
+    }
+    let vertical = rng.random_bool(0.5);
+    for _ in 0..rng.random_range(3..=14) {
+        let angle = rng.random_range(-0.05..0.05f32)
+            + if vertical {
+                std::f32::consts::FRAC_PI_2
+            } else {
+                0.0
+            };
+        let (dx, dy) = (angle.cos(), angle.sin());
+        let len = rng.random_range(6.0..40.0f32);
+        let half = rng.random_range(0.4..1.0f32);
+        let strength = rng.random_range(0.1..0.5f32);
+        let target = if rng.random_bool(0.75) { 1.0 } else { 0.0 };
+        let (cx, cy) = (
+            rng.random_range(0.0..w as f32),
+            rng.random_range(0.0..h as f32),
+        );
+        let reach = len / 2.0 + half + 1.0;
+        let x0 = (cx - reach).floor().max(0.0) as usize;
+        let x1 = ((cx + reach).ceil() as usize).min(w - 1);
+        let y0 = (cy - reach).floor().max(0.0) as usize;
+        let y1 = ((cy + reach).ceil() as usize).min(h - 1);
+        for y in y0..=y1 {
+            for x in x0..=x1 {
+                let (px, py) = (x as f32 - cx, y as f32 - cy);
+                let along = px * dx + py * dy;
+                let across = (py * dx - px * dy).abs();
+                // Soft across the dash and at its two ends.
+                let cover = (half + 0.5 - across).clamp(0.0, 1.0)
+                    * (len / 2.0 + 0.5 - along.abs()).clamp(0.0, 1.0);
+                if cover <= 0.0 {
+                    continue;
+                }
+                let i = (y * w + x) * 3;
+                for k in 0..3 {
+                    let d = (target - clean.data()[i + k]) * strength * cover;
+                    if diff[i + k].abs() < d.abs() {
+                        diff[i + k] = d;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Largest change (max over the colour channels, after the crop's tone, before grain) below
 /// which a pixel does not count as damage: the ground truth is the set of pixels the composited
 /// damage visibly changed, not its whole footprint (faint edges, blur tails and damage that
@@ -249,7 +306,18 @@ pub fn synth_sample(clean: &ImageF32, bank: Option<&ArtifactBank>, seed: u64) ->
 /// [`VISIBLE_CHANGE`] in some channel (blur tails included, invisible footprint excluded).
 /// Film grain (fine or clumped) comes last and never changes the labels.
 pub fn synth_sample_full(clean: &ImageF32, bank: Option<&ArtifactBank>, seed: u64) -> SynthSample {
-    synth_parts(clean, bank, seed, true).0
+    synth_parts(clean, bank, seed, true, 0.0).0
+}
+
+/// [`synth_sample_full`] with short film dashes ([`film_dashes`]) on `dashes` of the damaged
+/// crops, for training; with `dashes` 0 it is [`synth_sample_full`].
+pub fn synth_sample_train(
+    clean: &ImageF32,
+    bank: Option<&ArtifactBank>,
+    seed: u64,
+    dashes: f64,
+) -> SynthSample {
+    synth_parts(clean, bank, seed, true, dashes).0
 }
 
 /// What the labels of a synthetic sample were measured from: for scoring detectors by how
@@ -272,15 +340,17 @@ pub fn synth_sample_with_truth(
     bank: Option<&ArtifactBank>,
     seed: u64,
 ) -> (SynthSample, SynthTruth) {
-    synth_parts(clean, bank, seed, true)
+    synth_parts(clean, bank, seed, true, 0.0)
 }
 
-/// [`synth_sample_full`] with grain optional, and what its labels were measured from.
+/// [`synth_sample_full`] with grain optional and film dashes on a share `dashes` of the damaged
+/// crops, and what its labels were measured from.
 fn synth_parts(
     clean: &ImageF32,
     bank: Option<&ArtifactBank>,
     seed: u64,
     grain: bool,
+    dashes: f64,
 ) -> (SynthSample, SynthTruth) {
     let (w, h) = (clean.width(), clean.height());
     let mut rng = StdRng::seed_from_u64(mix(seed, 0x00de_7ec7));
@@ -330,6 +400,7 @@ fn synth_parts(
         }
         // Film scratches from their own random stream (the other draws stay as they were).
         film_scratches(&mut diff, clean, mix(seed, 0xf11e_5c7a));
+        film_dashes(&mut diff, clean, mix(seed, 0xda54_e500), dashes);
         let blur = rng.random_range(0.0..1.0);
         if blur < 0.3 {
             diff = box_blur(&diff, w, h, 1);
@@ -490,6 +561,7 @@ pub fn synth_items(
     crop: usize,
     seed: u64,
     index: u64,
+    dashes: f64,
 ) -> TrainResult<Vec<SynthSample>> {
     (0..n)
         .into_par_iter()
@@ -497,7 +569,7 @@ pub fn synth_items(
             let s = mix(seed, index.wrapping_mul(1024).wrapping_add(j as u64));
             let mut rng = StdRng::seed_from_u64(s);
             let clean = source.crop(&mut rng, crop)?;
-            Ok(synth_sample_full(&clean, bank, s ^ 0xd37))
+            Ok(synth_sample_train(&clean, bank, s ^ 0xd37, dashes))
         })
         .collect()
 }
@@ -588,6 +660,9 @@ pub struct DetectTrainConfig {
     pub hard_neg_weight: f64,
     /// Share of the far clean pixels of a batch that the hard-negative term covers.
     pub hard_neg_frac: f64,
+    /// Share of the damaged training crops that also get short film dashes ([`film_dashes`];
+    /// 0 = none, as in the held-out set, validation and calibration).
+    pub dashes: f64,
     /// Seed of everything random.
     pub seed: u64,
     /// Validation and checkpoint every this many steps.
@@ -866,7 +941,7 @@ pub fn train_detect(
         state = saved;
     }
     state.commands.push(cfg.command.clone());
-    let val_items = synth_items(val_source, bank, 32, 128, cfg.seed ^ 0x5a1, 0)?;
+    let val_items = synth_items(val_source, bank, 32, 128, cfg.seed ^ 0x5a1, 0, 0.0)?;
     let val_batch = DetectBatch::from_items(&val_items, dev)?;
     let session = Instant::now();
     let start_step = state.step;
@@ -882,7 +957,9 @@ pub fn train_detect(
             cfg.lr * (0.1 + 0.9 * 0.5 * (1.0 + (std::f64::consts::PI * t).cos()))
         };
         opt.lr = lr;
-        let items = synth_items(source, bank, cfg.batch, cfg.crop, cfg.seed, step)?;
+        let items = synth_items(
+            source, bank, cfg.batch, cfg.crop, cfg.seed, step, cfg.dashes,
+        )?;
         let batch = DetectBatch::from_items(&items, dev)?;
         let logits = net.net.forward(&batch.input)?;
         let (loss, bce, dice) = detect_loss(
@@ -941,7 +1018,7 @@ pub fn train_detect(
     // (never on the validation ones): damaged crops for F1, the untouched photos for the
     // false-positive budget (the target is 0.1%).
     let cal = cal_source.unwrap_or(source);
-    let cal_damaged = synth_items(cal, bank, 64, 128, cfg.seed ^ 0xca1, 0)?;
+    let cal_damaged = synth_items(cal, bank, 64, 128, cfg.seed ^ 0xca1, 0, 0.0)?;
     let cal_clean = (0..cal.len()).filter_map(|i| cal.photo(i));
     let params = net.param_count();
     let (offset, _, net) = calibrate(net, &cal_damaged, cal_clean, CAL_MAX_FP)?;
@@ -1019,12 +1096,12 @@ mod tests {
         let clean = photo(96, 96);
         let (mut faint_footprint, mut outside, mut damaged) = (0, 0, 0);
         for seed in 0..24 {
-            let (s, truth) = synth_parts(&clean, None, seed, false);
+            let (s, truth) = synth_parts(&clean, None, seed, false, 0.0);
             let (reference, changes) = (truth.reference, truth.change);
             assert!(!truth.grain);
-            let (again, _) = synth_parts(&clean, None, seed, false);
+            let (again, _) = synth_parts(&clean, None, seed, false, 0.0);
             // With grain the labels and the measured change are the same.
-            let (grainy, grainy_truth) = synth_parts(&clean, None, seed, true);
+            let (grainy, grainy_truth) = synth_parts(&clean, None, seed, true, 0.0);
             assert_eq!(grainy.mask, s.mask, "seed {seed}: grain moved the labels");
             assert_eq!(
                 grainy_truth.change, changes,
@@ -1059,6 +1136,69 @@ mod tests {
             "{faint_footprint} {outside}"
         );
         assert!(damaged >= 16, "only {damaged} of 24 crops damaged");
+    }
+
+    #[test]
+    fn film_dashes_are_short_streaks_along_one_direction_and_training_only() {
+        let clean = ImageF32::from_fn(96, 96, 3, |_, _, _| 0.5);
+        let (mut drawn, trials) = (0, 60);
+        for seed in 0..trials {
+            let mut diff = vec![0f32; 96 * 96 * 3];
+            film_dashes(&mut diff, &clean, seed, 0.5);
+            let changed: Vec<(usize, usize)> = (0..96 * 96)
+                .filter(|i| diff[i * 3] != 0.0)
+                .map(|i| (i % 96, i / 96))
+                .collect();
+            if changed.is_empty() {
+                continue;
+            }
+            drawn += 1;
+            // Lighter or darker by at most half the way to white or black (0.5 here).
+            assert!(diff.iter().all(|d| d.abs() <= 0.25 + 1e-6), "seed {seed}");
+            // Short and thin: 3 to 14 dashes of at most 40 x 3 px (plus soft ends).
+            assert!(
+                changed.len() <= 14 * 42 * 3,
+                "seed {seed}: {}",
+                changed.len()
+            );
+            // All along one direction: nearly every changed pixel continues the dash along it.
+            let horizontal = changed
+                .iter()
+                .filter(|&&(x, y)| {
+                    changed.contains(&(x + 1, y)) || (x > 0 && changed.contains(&(x - 1, y)))
+                })
+                .count();
+            let vertical = changed
+                .iter()
+                .filter(|&&(x, y)| {
+                    changed.contains(&(x, y + 1)) || (y > 0 && changed.contains(&(x, y - 1)))
+                })
+                .count();
+            assert!(
+                horizontal.max(vertical) * 10 >= changed.len() * 9,
+                "seed {seed}: {horizontal} {vertical} of {}",
+                changed.len()
+            );
+        }
+        assert!((15..=45).contains(&drawn), "{drawn} of {trials}");
+        // Off (the held-out set, validation, calibration): the sample is synth_sample_full's.
+        let photo = ImageF32::from_fn(64, 64, 3, |x, y, c| {
+            ((x * 7 + y * 3 + c) % 13) as f32 / 13.0
+        });
+        for seed in 0..6 {
+            let a = synth_sample_full(&photo, None, seed);
+            let b = synth_sample_train(&photo, None, seed, 0.0);
+            assert_eq!((a.image, a.mask), (b.image, b.mask));
+        }
+        // On: some crops gain damage pixels.
+        let gained: usize = (0..12)
+            .map(|seed| {
+                let a = synth_sample_full(&photo, None, seed);
+                let b = synth_sample_train(&photo, None, seed, 1.0);
+                b.mask.count().saturating_sub(a.mask.count())
+            })
+            .sum();
+        assert!(gained > 0);
     }
 
     #[test]
@@ -1226,6 +1366,7 @@ mod tests {
             dice_weight: 0.5,
             hard_neg_weight: 1.0,
             hard_neg_frac: 0.01,
+            dashes: 0.0,
             seed: 1,
             sample_every: 1,
             runs_dir: dir.join("runs"),
