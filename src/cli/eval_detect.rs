@@ -632,13 +632,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn photo(w: usize, h: usize) -> ImageF32 {
-        ImageF32::from_fn(w, h, 3, |x, y, c| {
-            let t = ((x * 3 + y * 5 + c * 7) % 11) as f32 / 11.0;
-            0.25 + 0.4 * (x as f32 / w as f32) + 0.1 * t
-        })
-    }
+    use crate::train::detect::tests::photo;
 
     #[test]
     fn the_ceiling_is_exact_without_grain_and_below_it_with_grain() {

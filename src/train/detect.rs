@@ -1081,10 +1081,11 @@ pub fn train_detect(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn photo(w: usize, h: usize) -> ImageF32 {
+    /// A smooth gradient with a fine pattern, a stand-in photo for synthetic damage.
+    pub(crate) fn photo(w: usize, h: usize) -> ImageF32 {
         ImageF32::from_fn(w, h, 3, |x, y, c| {
             let t = ((x * 3 + y * 5 + c * 7) % 11) as f32 / 11.0;
             0.25 + 0.4 * (x as f32 / w as f32) + 0.1 * t
