@@ -152,23 +152,19 @@ impl Ceiling {
             .zip(t.reference.data())
             .map(|(a, b)| a - b)
             .collect();
-        let mut levels = Vec::with_capacity(w * h);
-        for y in 0..h {
-            for x in 0..w {
-                let mut best = 0f32;
-                for c in 0..3 {
-                    let (mut sum, mut n) = (0f32, 0f32);
-                    for yy in y.saturating_sub(1)..=(y + 1).min(h - 1) {
-                        for xx in x.saturating_sub(1)..=(x + 1).min(w - 1) {
-                            sum += diff[(yy * w + xx) * 3 + c];
-                            n += 1.0;
-                        }
-                    }
-                    best = best.max((sum / n).abs());
-                }
-                levels.push((best / CEILING_RANGE * 255.0).round().min(255.0) as u8);
+        // The 3x3 mean of each channel's difference, the largest in magnitude.
+        let mut best = vec![0f32; w * h];
+        for c in 0..3 {
+            let plane: Vec<f32> = diff.iter().skip(c).step_by(3).copied().collect();
+            let mean = crate::detect::classical::box_mean(&plane, w, h, 1);
+            for (b, m) in best.iter_mut().zip(mean) {
+                *b = b.max(m.abs());
             }
         }
+        let levels: Vec<u8> = best
+            .iter()
+            .map(|&b| (b / CEILING_RANGE * 255.0).round().min(255.0) as u8)
+            .collect();
         self.blind.add(&levels, truth);
         if t.grain {
             self.grainy.add(&levels, truth);

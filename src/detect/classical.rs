@@ -124,7 +124,7 @@ fn square(src: &[f32], w: usize, h: usize, r: usize, max: bool) -> Vec<f32> {
 }
 
 /// Mean over a square window of half side `r`, clipped at the borders (summed-area table).
-fn box_mean(src: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
+pub(crate) fn box_mean(src: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
     let mut sat = vec![0f64; (w + 1) * (h + 1)];
     for y in 0..h {
         let mut run = 0f64;

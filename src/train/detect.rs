@@ -87,6 +87,19 @@ fn box_blur(data: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
     out
 }
 
+/// Moves pixel `p` of `diff` (the damage as a difference to `clean`) the share `strength *
+/// cover` of the way from the clean colour to `target` (1 = white, 0 = black), unless other
+/// damage already changed it more in that channel.
+fn stamp(diff: &mut [f32], clean: &ImageF32, p: usize, target: f32, strength: f32, cover: f32) {
+    let px = p * 3..p * 3 + 3;
+    for (v, &c) in diff[px.clone()].iter_mut().zip(&clean.data()[px]) {
+        let d = (target - c) * strength * cover;
+        if v.abs() < d.abs() {
+            *v = d;
+        }
+    }
+}
+
 /// Share of damaged crops that get film scratches.
 pub const FILM_SCRATCH_RATE: f64 = 0.3;
 
@@ -127,14 +140,7 @@ fn film_scratches(diff: &mut [f32], clean: &ImageF32, seed: u64) {
                     continue;
                 }
                 let (x, y) = if vertical { (c, t) } else { (t, c) };
-                let i = (y * w + x) * 3;
-                for k in 0..3 {
-                    let d = (target - clean.data()[i + k]) * strength * cover;
-                    // Where other damage already changed the pixel more, keep that.
-                    if diff[i + k].abs() < d.abs() {
-                        diff[i + k] = d;
-                    }
-                }
+                stamp(diff, clean, y * w + x, target, strength, cover);
             }
         }
     }
@@ -185,13 +191,7 @@ fn film_dashes(diff: &mut [f32], clean: &ImageF32, seed: u64, rate: f64) {
                 if cover <= 0.0 {
                     continue;
                 }
-                let i = (y * w + x) * 3;
-                for k in 0..3 {
-                    let d = (target - clean.data()[i + k]) * strength * cover;
-                    if diff[i + k].abs() < d.abs() {
-                        diff[i + k] = d;
-                    }
-                }
+                stamp(diff, clean, y * w + x, target, strength, cover);
             }
         }
     }
