@@ -353,3 +353,71 @@ fn studio_d_detects_and_the_eraser_edits_the_proposal_before_accepting() {
         "only {kept} rows of the untouched scratch accepted"
     );
 }
+
+/// Runs `kintsugi train detect-data` with `args`; returns (success, stdout, stderr).
+fn detect_data(args: &[&str]) -> (bool, Vec<u8>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kintsugi"))
+        .args(["train", "detect-data", "--artifacts", "none"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    (out.status.success(), out.stdout, err)
+}
+
+#[test]
+fn detect_data_stages_the_photos_and_streams_reproducible_labelled_samples() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let path = |p: &str| dir.path().join(p).to_string_lossy().into_owned();
+    for (sub, n) in [("train", 4u32), ("val", 2)] {
+        std::fs::create_dir_all(path(&format!("data/{sub}"))).unwrap_or_else(|e| panic!("{e}"));
+        for k in 0..n {
+            let img = image::RgbImage::from_fn(72, 56, |x, y| {
+                image::Rgb([(x * 3 + k * 40) as u8, (y * 4) as u8, ((x + y) * 2) as u8])
+            });
+            img.save(path(&format!("data/{sub}/p{k}.png")))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let (data, staged) = (path("data"), path("staged"));
+    let args = ["--data", &data, "--cal-photos", "1", "--val-photos", "1"];
+    let (ok, _, err) = detect_data(&[&args[..], &["--stage", &staged]].concat());
+    assert!(ok, "{err}");
+    let count = |sub: &str| {
+        std::fs::read_dir(path(&format!("staged/{sub}")))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .count()
+    };
+    // One of the four training photos is set aside for calibration; one validation photo.
+    assert_eq!((count("train"), count("val")), (3, 1));
+    let (ok, _, err) = detect_data(&[&args[..], &["--stage", &staged]].concat());
+    assert!(
+        !ok && err.contains("not empty"),
+        "staging twice into one folder: {err}"
+    );
+
+    let stream = |extra: &[&str]| {
+        let base = [
+            "--data", &staged, "--crop", "32", "--count", "5", "--chunk", "2",
+        ];
+        let (ok, out, err) = detect_data(&[&base[..], extra].concat());
+        assert!(ok, "{err}");
+        out
+    };
+    let rec = 32 * 32 * 4;
+    let a = stream(&[]);
+    assert_eq!(a.len(), 5 * rec);
+    assert_eq!(stream(&[]), a, "the same settings give the same samples");
+    assert_ne!(stream(&["--start", "1"]), a, "another start gives others");
+    assert_eq!(stream(&["--val"]).len(), 5 * rec);
+    let labels: Vec<u8> = a
+        .chunks_exact(rec)
+        .flat_map(|r| r[32 * 32 * 3..].to_vec())
+        .collect();
+    assert!(labels.iter().all(|&l| l <= 3), "label codes are 0 to 3");
+    assert!(labels.contains(&1), "some samples hold damage");
+    assert!(labels.contains(&0), "and clean pixels away from it");
+
+    let (ok, _, err) = detect_data(&["--data", &staged, "--chunk", "0", "--count", "1"]);
+    assert!(!ok && err.contains("--chunk"), "{err}");
+}

@@ -4,6 +4,7 @@ mod bench;
 mod bench_conv;
 mod denoise;
 mod detect;
+mod detect_data;
 mod eval;
 mod eval_detect;
 mod inpaint;

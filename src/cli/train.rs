@@ -28,6 +28,9 @@ pub enum Family {
     Cgan(CganArgs),
     /// Train the damage detector (tiny U-Net) on clean photos with synthetic damage.
     Detect(super::train_detect::DetectArgs),
+    /// Write the detector's training data for an outside trainer (a staged copy, or a stream
+    /// of encoded samples on standard output).
+    DetectData(super::detect_data::DetectDataArgs),
     /// Train a PixelRL agent (`--task denoise|refine`) with advantage actor-critic.
     Rl(super::train_rl::RlArgs),
     /// Train the face GAN (DCGAN-class, spectral norm) on a folder of 64x64 face PNGs.
@@ -106,6 +109,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Family::Vae(a) => run_vae(a),
         Family::Cgan(a) => run_cgan(a),
         Family::Detect(a) => super::train_detect::run_detect(a),
+        Family::DetectData(a) => super::detect_data::run(a),
         Family::Rl(a) => super::train_rl::run_rl(a),
         Family::Gan(a) => super::train_gan::run_gan(a),
     }

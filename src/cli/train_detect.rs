@@ -7,11 +7,12 @@ use candle_core::Device;
 
 use crate::detect::learned::DetectNetConfig;
 use crate::train::cgan::{with_ext, CropSource};
+use crate::train::damage_synth::ArtifactBank;
 use crate::train::detect::{train_detect, DetectStep, DetectTrainConfig};
 
-/// Arguments of `train detect`.
+/// Where `train detect` and `train detect-data` take their photos and damage artifacts from.
 #[derive(Debug, clap::Args)]
-pub struct DetectArgs {
+pub struct DetectSource {
     /// Photo folder: its `train` and `test` subfolders are the training photos and `val` the
     /// held-out ones (e.g. ../shared/datasets/bsds500; read in place).
     #[arg(long)]
@@ -23,6 +24,28 @@ pub struct DetectArgs {
     /// Artifacts loaded per category (the set is mostly hair; this balances it).
     #[arg(long, default_value_t = 80)]
     pub artifacts_per_category: usize,
+}
+
+impl DetectSource {
+    /// The photos and the artifact bank (`None` for `--artifacts none`); `seed` picks the
+    /// artifacts.
+    pub(super) fn load(
+        &self,
+        seed: u64,
+    ) -> anyhow::Result<(super::train::PhotoData, Option<ArtifactBank>)> {
+        let photos = super::train::load_photo_data(&self.data)?;
+        let bank =
+            super::train::load_artifacts(&self.artifacts, self.artifacts_per_category, seed)?;
+        Ok((photos, bank))
+    }
+}
+
+/// Arguments of `train detect`.
+#[derive(Debug, clap::Args)]
+pub struct DetectArgs {
+    /// Photos and artifacts.
+    #[command(flatten)]
+    pub source: DetectSource,
     /// Total optimiser steps (a resumed run continues up to this count).
     #[arg(long, default_value_t = 6000)]
     pub steps: u64,
@@ -108,15 +131,15 @@ pub struct DetectArgs {
 pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let started = std::time::Instant::now();
+    let (photos, bank) = a.source.load(a.seed)?;
     let super::train::PhotoData {
         dirs,
         source,
         val_dir,
         val_source,
-    } = super::train::load_photo_data(&a.data)?;
+    } = photos;
     let (source, cal_source) = source.split_spread(a.cal_photos)?;
     let cal_source = (!cal_source.is_empty()).then_some(cal_source);
-    let bank = super::train::load_artifacts(&a.artifacts, a.artifacts_per_category, a.seed)?;
     eprintln!(
         "data: {} training photos from {:?} ({} more set aside for calibration), {} validation \
          photos, {} artifacts {:?}; loaded in \
@@ -172,8 +195,8 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
             c = a.crop,
             n = source.len(),
             k = bank.as_ref().map_or(0, |b| b.len()),
-            art = a.artifacts.display(),
-            p = a.artifacts_per_category,
+            art = a.source.artifacts.display(),
+            p = a.source.artifacts_per_category,
             val = val_dir.display(),
             dashes = if a.dashes > 0.0 {
                 format!(

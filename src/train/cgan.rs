@@ -50,14 +50,36 @@ pub struct CropSource {
     images: Vec<image::RgbImage>,
 }
 
+/// Splits off `n` items spread evenly over `items` (every `len / n`-th, in order); returns
+/// `(rest, taken)`. Takes none when `n` is 0 and refuses to take them all.
+pub fn split_spread<T>(items: Vec<T>, n: usize) -> TrainResult<(Vec<T>, Vec<T>)> {
+    let len = items.len();
+    if n >= len && n > 0 {
+        return Err(TrainError::Invalid(format!(
+            "cannot set aside {n} of {len} photos"
+        )));
+    }
+    let stride = len.checked_div(n).unwrap_or(usize::MAX);
+    let (mut rest, mut taken) = (Vec::new(), Vec::new());
+    for (i, item) in items.into_iter().enumerate() {
+        if n > 0 && i % stride == 0 && taken.len() < n {
+            taken.push(item);
+        } else {
+            rest.push(item);
+        }
+    }
+    Ok((rest, taken))
+}
+
 impl CropSource {
     /// Photos from memory (tests, synthetic data).
     pub fn new(images: Vec<image::RgbImage>) -> Self {
         Self { images }
     }
 
-    /// Reads every `.jpg`/`.jpeg`/`.png` in each of `dirs` (sorted by name; read in place).
-    pub fn load_dirs(dirs: &[PathBuf]) -> TrainResult<Self> {
+    /// The `.jpg`/`.jpeg`/`.png` files in each of `dirs`, sorted by name within each folder,
+    /// folders in the given order: the photos [`CropSource::load_dirs`] reads, in its order.
+    pub fn image_paths(dirs: &[PathBuf]) -> TrainResult<Vec<PathBuf>> {
         let mut paths = Vec::new();
         for dir in dirs {
             let entries = std::fs::read_dir(dir).map_err(io_err(dir))?;
@@ -76,7 +98,12 @@ impl CropSource {
         if paths.is_empty() {
             return Err(TrainError::Invalid(format!("no images in {dirs:?}")));
         }
-        let images = paths
+        Ok(paths)
+    }
+
+    /// Reads every photo of [`CropSource::image_paths`] (read in place).
+    pub fn load_dirs(dirs: &[PathBuf]) -> TrainResult<Self> {
+        let images = Self::image_paths(dirs)?
             .par_iter()
             .map(|path| {
                 image::open(path)
@@ -94,21 +121,7 @@ impl CropSource {
     /// e.g. to calibrate on photos the training never crops; returns `(rest, taken)`. Takes
     /// none when `n` is 0 and refuses to take them all.
     pub fn split_spread(self, n: usize) -> TrainResult<(Self, Self)> {
-        let len = self.images.len();
-        if n >= len && n > 0 {
-            return Err(TrainError::Invalid(format!(
-                "cannot set aside {n} of {len} photos"
-            )));
-        }
-        let stride = len.checked_div(n).unwrap_or(usize::MAX);
-        let (mut rest, mut taken) = (Vec::new(), Vec::new());
-        for (i, img) in self.images.into_iter().enumerate() {
-            if n > 0 && i % stride == 0 && taken.len() < n {
-                taken.push(img);
-            } else {
-                rest.push(img);
-            }
-        }
+        let (rest, taken) = split_spread(self.images, n)?;
         Ok((Self { images: rest }, Self { images: taken }))
     }
 

@@ -183,6 +183,33 @@ impl ArtifactBank {
         self.items.is_empty()
     }
 
+    /// Writes the bank as a folder that [`ArtifactBank::load`] reads back unchanged (with
+    /// `max_side` at least the largest side, and `per_category` at least the largest
+    /// category): `artifacts.csv` and one RGBA PNG per artifact under `artifacts/`, its alpha
+    /// the coverage. For carrying the chosen, already shrunk artifacts to another machine.
+    pub fn save_dir(&self, root: &Path) -> Result<(), DamageError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| DamageError::Io { path, source }
+        };
+        let dir = root.join("artifacts");
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let mut csv = String::from("file,category\n");
+        for (i, a) in self.items.iter().enumerate() {
+            let file = format!("artifacts/{i:04}.png");
+            let path = root.join(&file);
+            let (w, h) = (a.width as u32, a.height as u32);
+            let img = image::RgbaImage::from_fn(w, h, |x, y| {
+                image::Rgba([255, 255, 255, a.alpha[y as usize * a.width + x as usize]])
+            });
+            img.save(&path)
+                .map_err(|source| DamageError::Image { path, source })?;
+            csv.push_str(&format!("{file},{}\n", a.category));
+        }
+        let path = root.join("artifacts.csv");
+        std::fs::write(&path, csv).map_err(io(&path))
+    }
+
     /// Artifacts per category.
     pub fn categories(&self) -> BTreeMap<String, usize> {
         let mut out = BTreeMap::new();
@@ -537,6 +564,31 @@ mod tests {
         assert!(
             avg(&DamageConfig { hairs: 1.0, ..off }) < avg(&DamageConfig { brush: 1.0, ..off })
         );
+    }
+
+    #[test]
+    fn a_saved_bank_loads_back_unchanged() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let ramp =
+            |w: usize, h: usize, k: usize| (0..w * h).map(|i| ((i * k) % 256) as u8).collect();
+        let items: Vec<Artifact> = [(7, 5, 3, "hair"), (12, 9, 11, "dust"), (4, 4, 29, "hair")]
+            .into_iter()
+            .filter_map(|(w, h, k, cat)| Artifact::from_alpha(w, h, ramp(w, h, k), cat))
+            .collect();
+        assert_eq!(items.len(), 3);
+        let bank = ArtifactBank::new(items);
+        bank.save_dir(dir.path()).unwrap_or_else(|e| panic!("{e}"));
+        let back = ArtifactBank::load(dir.path(), 10, 12, 1).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(back.categories(), bank.categories());
+        // Loading shuffles within a category: match each artifact by its size.
+        for a in &bank.items {
+            let found = back
+                .items
+                .iter()
+                .find(|b| (b.width, b.height) == (a.width, a.height));
+            let b = found.unwrap_or_else(|| panic!("no {}x{} artifact", a.width, a.height));
+            assert_eq!((&b.alpha, &b.category), (&a.alpha, &a.category));
+        }
     }
 
     #[test]

@@ -552,6 +552,46 @@ impl DetectBatch {
     }
 }
 
+/// Label byte of an encoded sample ([`encode_sample`]): a clean pixel farther than
+/// [`HARD_NEG_MARGIN`] from damage (a hard-negative candidate).
+pub const LABEL_FAR_CLEAN: u8 = 0;
+/// Label byte: damage (the ground truth).
+pub const LABEL_DAMAGE: u8 = 1;
+/// Label byte: a faintly changed pixel, which carries no loss.
+pub const LABEL_IGNORED: u8 = 2;
+/// Label byte: a clean pixel within [`HARD_NEG_MARGIN`] of damage.
+pub const LABEL_NEAR_CLEAN: u8 = 3;
+
+/// Appends a sample in the byte layout an external trainer reads (`kintsugi train
+/// detect-data`): the image as row-major RGB bytes (rounded from `[0, 1]`, grey repeated),
+/// then one label byte per pixel, which carries what [`DetectBatch`] derives for the loss:
+/// target = damage, valid = not ignored, far = far clean.
+pub fn encode_sample(s: &SynthSample, out: &mut Vec<u8>) {
+    let (w, h) = (s.image.width(), s.image.height());
+    let ch = s.image.channels().max(1);
+    let data = s.image.data();
+    for i in 0..w * h {
+        for c in 0..3 {
+            let v = data[i * ch + if ch >= 3 { c } else { 0 }];
+            out.push((v.clamp(0.0, 1.0) * 255.0).round() as u8);
+        }
+    }
+    let near = s.mask.dilate(HARD_NEG_MARGIN);
+    for y in 0..h {
+        for x in 0..w {
+            out.push(if s.mask.get(x, y) {
+                LABEL_DAMAGE
+            } else if s.ignore.get(x, y) {
+                LABEL_IGNORED
+            } else if near.get(x, y) {
+                LABEL_NEAR_CLEAN
+            } else {
+                LABEL_FAR_CLEAN
+            });
+        }
+    }
+}
+
 /// `n` damaged crops of `source`, a function of `(seed, index)` only (so a resumed run sees the
 /// same data).
 pub fn synth_items(
@@ -904,8 +944,12 @@ pub fn train_detect(
         // tells the whole training cost.
         let prior = crate::jsonfile::read::<serde_json::Value>(&init.with_extension("json")).ok();
         if let Some(m) = prior {
-            state.prior_steps = m["steps"].as_u64().unwrap_or(0);
-            state.prior_train_seconds = m["train_seconds"].as_f64().unwrap_or(0.0);
+            // A manifest written by this command has totals over all its stages; a run's own
+            // record (e.g. the GPU twin's) has only `steps` and `train_seconds`.
+            let (steps, secs) = (&m["total_steps"], &m["total_train_seconds"]);
+            state.prior_steps = steps.as_u64().or(m["steps"].as_u64()).unwrap_or(0);
+            state.prior_train_seconds =
+                secs.as_f64().or(m["train_seconds"].as_f64()).unwrap_or(0.0);
             if let Some(cmds) = m["commands"].as_array() {
                 state.commands.extend(
                     cmds.iter()
@@ -1322,6 +1366,46 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn encoded_labels_carry_what_the_batch_derives() {
+        let dev = Device::Cpu;
+        let clean = photo(64, 48);
+        // Seeds until one sample has damage, ignored and near-clean pixels all at once.
+        let s = (0..200u64)
+            .map(|seed| synth_sample_full(&clean, None, seed))
+            .find(|s| s.stats.visible > 0 && s.ignore.data().iter().any(|&v| v))
+            .unwrap_or_else(|| panic!("no sample with damage and ignored pixels"));
+        let mut bytes = Vec::new();
+        encode_sample(&s, &mut bytes);
+        let (w, h) = (64, 48);
+        assert_eq!(bytes.len(), w * h * 4);
+        let (img, labels) = bytes.split_at(w * h * 3);
+        for (b, v) in img.iter().zip(s.image.data()) {
+            assert!((f32::from(*b) / 255.0 - v).abs() <= 0.5 / 255.0 + 1e-6);
+        }
+        let batch = DetectBatch::from_items(std::slice::from_ref(&s), &dev)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let flat = |t: &Tensor| -> Vec<f32> {
+            t.flatten_all()
+                .and_then(|t| t.to_vec1())
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let (target, valid, far) = (flat(&batch.target), flat(&batch.valid), flat(&batch.far));
+        let plane = (w / 2) * (h / 2);
+        let mut seen = [0usize; 4];
+        for y in 0..h {
+            for x in 0..w {
+                let l = labels[y * w + x];
+                seen[usize::from(l)] += 1;
+                let k = (2 * (y % 2) + x % 2) * plane + (y / 2) * (w / 2) + x / 2;
+                assert_eq!(target[k] > 0.5, l == LABEL_DAMAGE, "target at ({x}, {y})");
+                assert_eq!(valid[k] > 0.5, l != LABEL_IGNORED, "valid at ({x}, {y})");
+                assert_eq!(far[k] > 0.5, l == LABEL_FAR_CLEAN, "far at ({x}, {y})");
+            }
+        }
+        assert!(seen.iter().all(|&n| n > 0), "every label occurs: {seen:?}");
+    }
+
+    #[test]
     fn far_marks_clean_pixels_away_from_damage_and_ignored_ones() {
         let dev = Device::Cpu;
         let mut mask = Mask::new(16, 16);
@@ -1414,6 +1498,56 @@ pub(crate) mod tests {
             r.err()
         );
         assert!(!dir.exists(), "nothing written");
+    }
+
+    #[test]
+    fn the_whole_history_of_the_initialising_weights_is_carried_into_the_manifest() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let (source, dev) = (photos(2), Device::Cpu);
+        let run = |sub: &str, init: Option<PathBuf>| {
+            let mut cfg = tiny_config(&dir.path().join(sub), 4);
+            cfg.init = init;
+            cfg.command = format!("run {sub}");
+            train_detect(&cfg, &source, None, &source, None, &dev, &mut |_| true)
+                .unwrap_or_else(|e| panic!("{e}"));
+            let out = dir.path().join(sub).join("w/detect-damage");
+            let m: serde_json::Value =
+                read_json(&with_ext(&out, "json")).unwrap_or_else(|e| panic!("{e}"));
+            (with_ext(&out, "safetensors"), m)
+        };
+        let (weights, _) = run("a", None);
+        // A run's own record, as the GPU twin writes beside its weights: no totals.
+        let twin = dir.path().join("twin.safetensors");
+        std::fs::copy(&weights, &twin).unwrap_or_else(|e| panic!("{e}"));
+        let record = serde_json::json!({"steps": 500, "train_seconds": 60.0, "commands": ["twin"]});
+        write_json(&twin.with_extension("json"), &record).unwrap_or_else(|e| panic!("{e}"));
+        let (weights, b) = run("b", Some(twin));
+        assert_eq!(
+            (b["prior_steps"].as_u64(), b["total_steps"].as_u64()),
+            (Some(500), Some(501))
+        );
+        assert_eq!(
+            b["total_train_seconds"].as_f64().map(|s| s >= 60.0),
+            Some(true)
+        );
+        // A manifest of this command: its totals, not only its last stage, are the prior.
+        let (_, c) = run("c", Some(weights));
+        assert_eq!(
+            (c["prior_steps"].as_u64(), c["total_steps"].as_u64()),
+            (Some(501), Some(502))
+        );
+        let cmds: Vec<&str> = c["commands"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            cmds,
+            [
+                "(initialising run) (initialising run) twin",
+                "(initialising run) run b",
+                "run c"
+            ]
+        );
     }
 
     #[test]
