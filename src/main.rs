@@ -20,8 +20,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the whole context chain joined by ": ".
-            eprintln!("error: {e:#}");
+            // One line: the whole context chain, each cause once.
+            eprintln!("error: {}", kintsugi::cli::error_line(&e));
             ExitCode::FAILURE
         }
     }

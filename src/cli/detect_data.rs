@@ -3,7 +3,7 @@
 //! of the photos and artifacts to carry to another machine, and a stream of encoded samples
 //! made by the same code as `train detect`'s.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -70,6 +70,9 @@ pub fn run(a: DetectDataArgs) -> anyhow::Result<()> {
         (&source, a.seed, a.dashes)
     };
     let mut out = std::io::stdout().lock();
+    if out.is_terminal() {
+        anyhow::bail!("the samples are binary: pipe standard output to a trainer or a file");
+    }
     let mut buf = Vec::new();
     let mut written = 0u64;
     let mut index = a.start;

@@ -86,6 +86,24 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The one line `main` prints for an error: its context chain joined by ": ", leaving out a
+/// cause whose text the line already holds (our typed errors name their source in their own
+/// message, so a plain `{:#}` would repeat it).
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 /// Parses `--param name=value`.
 fn parse_param(s: &str) -> Result<(String, f64), String> {
     crate::restore::Params::parse_assignment(s)
@@ -98,4 +116,25 @@ fn params_from(list: &[(String, f64)]) -> crate::restore::Params {
         p.set(k, *v);
     }
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_line;
+
+    #[test]
+    fn the_error_line_joins_the_chain_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such folder");
+        let typed = crate::train::TrainError::Io {
+            path: "/photos".into(),
+            source: io,
+        };
+        let e = anyhow::Error::new(typed).context("reading the training photos");
+        assert_eq!(
+            error_line(&e),
+            "reading the training photos: /photos: no such folder"
+        );
+        let plain = anyhow::anyhow!("inner").context("middle").context("outer");
+        assert_eq!(error_line(&plain), "outer: middle: inner");
+    }
 }
