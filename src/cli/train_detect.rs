@@ -94,6 +94,12 @@ pub struct DetectArgs {
     /// the held-out set).
     #[arg(long, default_value_t = 0.0)]
     pub dashes: f64,
+    /// Untouched whole training photos per step whose highest-scoring pixels (the top
+    /// --hard-neg-frac) add a hard-negative term, so that smooth regions larger than a crop
+    /// (skies, lakes) are learned as clean; needs --hard-neg-weight (0 = none). Uncropped: meant
+    /// for photos of BSDS500's size (481x321).
+    #[arg(long, default_value_t = 0)]
+    pub photo_negatives: usize,
     /// Set aside this many training photos (spread evenly) for calibrating the threshold only:
     /// the training never crops them (0 = calibrate on the training photos).
     #[arg(long, default_value_t = 0)]
@@ -175,6 +181,7 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
         hard_neg_weight: a.hard_neg_weight,
         hard_neg_frac: a.hard_neg_frac,
         dashes: a.dashes,
+        photo_negatives: a.photo_negatives,
         seed: a.seed,
         sample_every: a.sample_every,
         runs_dir: runs_dir.clone(),

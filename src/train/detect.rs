@@ -677,6 +677,39 @@ pub fn hard_negative_loss(logits: &Tensor, far: &Tensor, frac: f64) -> TrainResu
     Ok((term, v))
 }
 
+/// The hard-negative term on `n` untouched whole photos of `source` drawn by `seed`: the mean
+/// BCE of the `frac` highest-scoring pixels of each (all of them are clean), averaged over the
+/// photos. Returns the term and its value (0 when `n` is 0).
+pub fn photo_negative_loss(
+    net: &crate::detect::learned::DetectNet,
+    source: &CropSource,
+    n: usize,
+    frac: f64,
+    seed: u64,
+    dev: &Device,
+) -> TrainResult<(Tensor, f32)> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut terms = Vec::with_capacity(n);
+    for _ in 0..n {
+        let Some(photo) = (!source.is_empty())
+            .then(|| source.photo(rng.random_range(0..source.len())))
+            .flatten()
+        else {
+            continue;
+        };
+        let (data, hw, hh) = fold(&photo);
+        let z = net.forward(&Tensor::from_vec(data, (1, 12, hh, hw), dev)?)?;
+        terms.push(hard_negative_loss(&z, &z.ones_like()?, frac)?.0);
+    }
+    if terms.is_empty() {
+        return Ok((Tensor::new(0f32, dev)?, 0.0));
+    }
+    let k = terms.len() as f64;
+    let term = (Tensor::stack(&terms, 0)?.sum_all()? / k)?;
+    let v = term.to_scalar::<f32>()?;
+    Ok((term, v))
+}
+
 /// Settings of a training run.
 #[derive(Clone, Debug)]
 pub struct DetectTrainConfig {
@@ -703,6 +736,10 @@ pub struct DetectTrainConfig {
     /// Share of the damaged training crops that also get short film dashes ([`film_dashes`];
     /// 0 = none, as in the held-out set, validation and calibration).
     pub dashes: f64,
+    /// Untouched whole training photos per step whose top `hard_neg_frac` scoring pixels add a
+    /// hard-negative term ([`photo_negative_loss`], weighted like the crops' one; 0 = off), so
+    /// that regions larger than a crop, such as smooth skies or lakes, are learned as clean.
+    pub photo_negatives: usize,
     /// Seed of everything random.
     pub seed: u64,
     /// Validation and checkpoint every this many steps.
@@ -918,6 +955,11 @@ pub fn train_detect(
         ));
     }
     cfg.net.check().map_err(TrainError::Invalid)?;
+    if cfg.photo_negatives > 0 && cfg.hard_neg_weight <= 0.0 {
+        return Err(TrainError::Invalid(
+            "photo negatives are weighted by the hard-negative weight: set it above 0".into(),
+        ));
+    }
     let (tensors_path, json_path) = ckpt_paths(&cfg.runs_dir);
     let resuming = cfg.resume && json_path.is_file() && tensors_path.is_file();
     let net = match &cfg.init {
@@ -1019,6 +1061,20 @@ pub fn train_detect(
         } else {
             (loss, 0.0)
         };
+        let loss = if cfg.photo_negatives > 0 {
+            let seed = mix(cfg.seed ^ 0x9e6, step);
+            let (term, _) = photo_negative_loss(
+                &net.net,
+                source,
+                cfg.photo_negatives,
+                cfg.hard_neg_frac,
+                seed,
+                dev,
+            )?;
+            (loss + (term * cfg.hard_neg_weight)?)?
+        } else {
+            loss
+        };
         opt.backward_step(&loss)?;
         state.step += 1;
         let elapsed = session.elapsed().as_secs_f64();
@@ -1091,7 +1147,7 @@ pub fn train_detect(
         "ground_truth": format!("synthetic damage is the set of pixels whose colour the composited damage changed by more than {VISIBLE_CHANGE} (max over channels, 0..1 scale, after the crop's tone, before grain), blur tails included; pixels changed by {FAINT_CHANGE} to {VISIBLE_CHANGE} carry no loss (ignored) and count as clean in the scores"),
         "data": cfg.data_desc,
         "data_license": cfg.data_license,
-        "objective": format!("{}*BCE(logits, mask) with damage pixels weighted {} + {}*soft Dice over the batch{}; AdamW lr {} (warm-up {} steps, cosine to lr/10), wd 1e-4, batch {}, crops {}, seed {}", 1, cfg.pos_weight, cfg.dice_weight, if cfg.hard_neg_weight > 0.0 { format!(" + {}*mean BCE of the top {}% scoring clean pixels farther than {HARD_NEG_MARGIN} px from damage (hard negatives)", cfg.hard_neg_weight, 100.0 * cfg.hard_neg_frac) } else { String::new() }, cfg.lr, cfg.warmup, cfg.batch, cfg.crop, cfg.seed),
+        "objective": format!("{}*BCE(logits, mask) with damage pixels weighted {} + {}*soft Dice over the batch{}; AdamW lr {} (warm-up {} steps, cosine to lr/10), wd 1e-4, batch {}, crops {}, seed {}", 1, cfg.pos_weight, cfg.dice_weight, if cfg.hard_neg_weight > 0.0 { format!(" + {}*mean BCE of the top {}% scoring clean pixels farther than {HARD_NEG_MARGIN} px from damage (hard negatives){}", cfg.hard_neg_weight, 100.0 * cfg.hard_neg_frac, if cfg.photo_negatives > 0 { format!(", and of the top {}% of {} untouched whole training photos per step", 100.0 * cfg.hard_neg_frac, cfg.photo_negatives) } else { String::new() }) } else { String::new() }, cfg.lr, cfg.warmup, cfg.batch, cfg.crop, cfg.seed),
         "commands": state.commands,
         "steps": state.step,
         "target_steps": cfg.steps,
@@ -1406,6 +1462,51 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn photo_negatives_are_the_hard_negative_term_of_whole_untouched_photos() {
+        let dev = Device::Cpu;
+        let net = LoadedNet::fresh(tiny_config(Path::new("unused"), 4).net, 3, &dev)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let source = CropSource::new(
+            [(40u32, 24u32), (24, 32), (16, 16)]
+                .iter()
+                .enumerate()
+                .map(|(i, &(w, h))| {
+                    image::RgbImage::from_fn(w, h, |x, y| {
+                        image::Rgb([(x * 5) as u8, (y * 7) as u8, (i * 90) as u8])
+                    })
+                })
+                .collect(),
+        );
+        let term = |n: usize, seed: u64| {
+            photo_negative_loss(&net.net, &source, n, 0.05, seed, &dev)
+                .unwrap_or_else(|e| panic!("{e}"))
+                .1
+        };
+        assert_eq!(term(0, 1), 0.0);
+        // One photo: the hard-negative term over all its pixels, the photo drawn by the seed.
+        let mut rng = StdRng::seed_from_u64(9);
+        let photo = source
+            .photo(rng.random_range(0..source.len()))
+            .unwrap_or_else(|| panic!("no photo"));
+        let (data, hw, hh) = fold(&photo);
+        let x = Tensor::from_vec(data, (1, 12, hh, hw), &dev).unwrap_or_else(|e| panic!("{e}"));
+        let z = net.net.forward(&x).unwrap_or_else(|e| panic!("{e}"));
+        let ones = z.ones_like().unwrap_or_else(|e| panic!("{e}"));
+        let want = hard_negative_loss(&z, &ones, 0.05)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .1;
+        assert!(want > 0.0);
+        assert_eq!(term(1, 9), want);
+        assert_eq!(term(3, 4), term(3, 4), "a function of the seed");
+        // Gradients reach the network through it.
+        let (t, _) = photo_negative_loss(&net.net, &source, 2, 0.05, 5, &dev)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let grads = t.backward().unwrap_or_else(|e| panic!("{e}"));
+        let vars = net.vars().unwrap_or_else(|e| panic!("{e}"));
+        assert!(vars.iter().any(|(_, v)| grads.get(v.as_tensor()).is_some()));
+    }
+
+    #[test]
     fn far_marks_clean_pixels_away_from_damage_and_ignored_ones() {
         let dev = Device::Cpu;
         let mut mask = Mask::new(16, 16);
@@ -1452,6 +1553,7 @@ pub(crate) mod tests {
             hard_neg_weight: 1.0,
             hard_neg_frac: 0.01,
             dashes: 0.0,
+            photo_negatives: 0,
             seed: 1,
             sample_every: 1,
             runs_dir: dir.join("runs"),
@@ -1478,25 +1580,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn photo_negatives_without_a_hard_negative_weight_are_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let source = photos(2);
+        let mut cfg = tiny_config(dir.path(), 4);
+        cfg.photo_negatives = 1;
+        cfg.hard_neg_weight = 0.0;
+        assert!(refusal(&cfg, &source).contains("hard-negative weight"));
+    }
+
+    /// The message of the `Invalid` error that training with `cfg` stops with.
+    fn refusal(cfg: &DetectTrainConfig, source: &CropSource) -> String {
+        let r = train_detect(cfg, source, None, source, None, &Device::Cpu, &mut |_| true);
+        match r {
+            Err(TrainError::Invalid(m)) => m,
+            other => panic!("not refused as invalid: {:?}", other.err()),
+        }
+    }
+
+    #[test]
     fn training_refuses_implausible_sizes_before_allocating() {
         let dir =
             std::env::temp_dir().join(format!("kintsugi-detect-sizes-{}", std::process::id()));
         let source = photos(1);
         let cfg = tiny_config(&dir, 100_000);
-        let r = train_detect(
-            &cfg,
-            &source,
-            None,
-            &source,
-            None,
-            &Device::Cpu,
-            &mut |_| true,
-        );
-        assert!(
-            matches!(&r, Err(TrainError::Invalid(m)) if m.contains("implausible")),
-            "{:?}",
-            r.err()
-        );
+        assert!(refusal(&cfg, &source).contains("implausible"));
         assert!(!dir.exists(), "nothing written");
     }
 

@@ -206,6 +206,40 @@ def detect_loss(z, codes, pos_weight, dice_weight, hard_weight, hard_frac):
     return total, bce, dice, hard
 
 
+def load_photos(folder, dev):
+    """The photos of `folder` as uint8 `[3, h8, w8]` tensors on `dev`, cropped to multiples of 8
+    (the untouched photos of `--photo-negatives`)."""
+    from PIL import Image
+
+    photos = []
+    for name in sorted(os.listdir(folder)):
+        if not name.lower().endswith((".jpg", ".jpeg", ".png")):
+            continue
+        with Image.open(os.path.join(folder, name)) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            t = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(h, w, 3)
+        photos.append(t[: h // 8 * 8, : w // 8 * 8].permute(2, 0, 1).contiguous().to(dev))
+    if not photos:
+        raise RuntimeError(f"no photos in {folder}")
+    return photos
+
+
+def photo_negative_loss(net, photos, frac, amp):
+    """The hard-negative term of `train detect --photo-negatives`: the mean BCE of the `frac`
+    highest-scoring pixels of each untouched photo (all clean), averaged over the photos."""
+    terms = []
+    for p in photos:
+        x = F.pixel_unshuffle(p[None].float() * (2.0 / 255.0) - 1.0, 2)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            z = net(x.contiguous(memory_format=torch.channels_last))
+        z = z.float().flatten()
+        k = max(1, math.ceil(z.numel() * frac))
+        _, idx = torch.topk(z.detach(), k)
+        terms.append(F.softplus(z[idx]).mean())
+    return torch.stack(terms).mean()
+
+
 @torch.no_grad()
 def score(net, val_x, val_t, amp):
     """Precision/recall/F1 on the validation crops at offset 0 and at the best offset."""
@@ -265,6 +299,8 @@ def main():
     ap.add_argument("--hard-neg-weight", type=float, default=1.0)
     ap.add_argument("--hard-neg-frac", type=float, default=0.01)
     ap.add_argument("--dashes", type=float, default=0.0)
+    ap.add_argument("--photo-negatives", type=int, default=0,
+                    help="untouched whole training photos per step for the hard-negative term")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--val-count", type=int, default=512)
     ap.add_argument("--report-every", type=float, default=30.0, help="seconds")
@@ -308,6 +344,7 @@ def main():
                      "params": params, "history": [{"seconds": 0.0, "step": 0, **s0}]})
         save_net(net, os.path.join(a.out, f"{name}.safetensors"))
 
+    photos = load_photos(os.path.join(a.data, "train"), dev) if a.photo_negatives > 0 else []
     feeder = Feeder(base_cmd + ["--dashes", str(a.dashes)], a.workers, a.threads, crop, a.chunk, a.logdir)
     rec = crop * crop * 4
     buf = torch.empty((a.buffer, rec), dtype=torch.uint8, device=dev)
@@ -359,6 +396,8 @@ def main():
         x, codes = unpack(buf[idx], crop, flip)
         x = x.contiguous(memory_format=torch.channels_last)
         frac = elapsed / budget
+        picked = [photos[i] for i in torch.randint(0, max(1, len(photos)), (a.photo_negatives,)).tolist()] \
+            if photos else []
         for n in nets:
             lr = n["lr"] * (step + 1) / a.warmup if step < a.warmup else \
                 n["lr"] * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
@@ -368,6 +407,9 @@ def main():
                 z = n["net"](x)
             total, bce, dice, hard = detect_loss(z, codes, a.pos_weight, a.dice_weight,
                                                  a.hard_neg_weight, a.hard_neg_frac)
+            if picked and a.hard_neg_weight > 0:
+                total = total + a.hard_neg_weight * photo_negative_loss(
+                    n["net"], picked, a.hard_neg_frac, amp)
             n["opt"].zero_grad(set_to_none=True)
             total.backward()
             n["opt"].step()
