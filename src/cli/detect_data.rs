@@ -105,6 +105,8 @@ fn stage(a: &DetectDataArgs, dir: &Path) -> anyhow::Result<()> {
     if std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some()) {
         anyhow::bail!("{} is not empty: stage into a new folder", dir.display());
     }
+    // Decoding every photo only to copy the files is deliberate: a photo that would stop the
+    // stream on the other machine (after its start was paid for) is reported here instead.
     let (photos, bank) = a.source.load(a.seed)?;
     let (train, cal) = split_spread(CropSource::image_paths(&photos.dirs)?, a.cal_photos)?;
     let val = if photos.val_dir.is_dir() {

@@ -568,14 +568,9 @@ pub const LABEL_NEAR_CLEAN: u8 = 3;
 /// target = damage, valid = not ignored, far = far clean.
 pub fn encode_sample(s: &SynthSample, out: &mut Vec<u8>) {
     let (w, h) = (s.image.width(), s.image.height());
-    let ch = s.image.channels().max(1);
-    let data = s.image.data();
-    for i in 0..w * h {
-        for c in 0..3 {
-            let v = data[i * ch + if ch >= 3 { c } else { 0 }];
-            out.push((v.clamp(0.0, 1.0) * 255.0).round() as u8);
-        }
-    }
+    // The 8-bit quantisation the project saves images with.
+    let rgb = crate::imaging::io::from_f32(&s.image, crate::imaging::BitDepth::U8).to_rgb8();
+    out.extend_from_slice(rgb.as_raw());
     let near = s.mask.dilate(HARD_NEG_MARGIN);
     for y in 0..h {
         for x in 0..w {
@@ -690,22 +685,20 @@ pub fn photo_negative_loss(
 ) -> TrainResult<(Tensor, f32)> {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut terms = Vec::with_capacity(n);
-    for _ in 0..n {
-        let Some(photo) = (!source.is_empty())
-            .then(|| source.photo(rng.random_range(0..source.len())))
-            .flatten()
-        else {
-            continue;
-        };
-        let (data, hw, hh) = fold(&photo);
-        let z = net.forward(&Tensor::from_vec(data, (1, 12, hh, hw), dev)?)?;
-        terms.push(hard_negative_loss(&z, &z.ones_like()?, frac)?.0);
+    if !source.is_empty() {
+        for _ in 0..n {
+            let Some(photo) = source.photo(rng.random_range(0..source.len())) else {
+                continue;
+            };
+            let (data, hw, hh) = fold(&photo);
+            let z = net.forward(&Tensor::from_vec(data, (1, 12, hh, hw), dev)?)?;
+            terms.push(hard_negative_loss(&z, &z.ones_like()?, frac)?.0);
+        }
     }
     if terms.is_empty() {
         return Ok((Tensor::new(0f32, dev)?, 0.0));
     }
-    let k = terms.len() as f64;
-    let term = (Tensor::stack(&terms, 0)?.sum_all()? / k)?;
+    let term = Tensor::stack(&terms, 0)?.mean_all()?;
     let v = term.to_scalar::<f32>()?;
     Ok((term, v))
 }
