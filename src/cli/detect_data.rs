@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 
 use crate::train::cgan::{split_spread, CropSource};
-use crate::train::detect::{encode_sample, synth_items};
+use crate::train::detect::{encode_sample, synth_items, TrainAugment};
 
 /// Arguments of `train detect-data`.
 #[derive(Debug, clap::Args)]
@@ -32,9 +32,9 @@ pub struct DetectDataArgs {
     /// Crop side of the streamed samples (a multiple of 8).
     #[arg(long, default_value_t = 128)]
     pub crop: usize,
-    /// Share of the damaged crops that get short film dashes, as in `train detect`.
-    #[arg(long, default_value_t = 0.0)]
-    pub dashes: f64,
+    /// Training-only additions to the synthesis, as in `train detect`.
+    #[command(flatten)]
+    pub augment: super::train_detect::AugmentArgs,
     /// Seed of the damage.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
@@ -49,7 +49,8 @@ pub struct DetectDataArgs {
     /// Samples made per batch (in parallel; at most 1024).
     #[arg(long, default_value_t = 256)]
     pub chunk: usize,
-    /// Damage the validation photos instead (no dashes; seed as `train detect`'s validation).
+    /// Damage the validation photos instead (no augmentation; seed as `train detect`'s
+    /// validation).
     #[arg(long)]
     pub val: bool,
 }
@@ -64,10 +65,11 @@ pub fn run(a: DetectDataArgs) -> anyhow::Result<()> {
     }
     let (photos, bank) = a.source.load(a.seed)?;
     let (source, _) = photos.source.split_spread(a.cal_photos)?;
-    let (source, seed, dashes) = if a.val {
-        (&photos.val_source, a.seed ^ 0x5a1, 0.0)
+    let augment = a.augment.augment()?;
+    let (source, seed, augment) = if a.val {
+        (&photos.val_source, a.seed ^ 0x5a1, TrainAugment::default())
     } else {
-        (&source, a.seed, a.dashes)
+        (&source, a.seed, augment)
     };
     let mut out = std::io::stdout().lock();
     if out.is_terminal() {
@@ -82,7 +84,7 @@ pub fn run(a: DetectDataArgs) -> anyhow::Result<()> {
         } else {
             a.chunk.min((a.count - written) as usize)
         };
-        let items = synth_items(source, bank.as_ref(), n, a.crop, seed, index, dashes)?;
+        let items = synth_items(source, bank.as_ref(), n, a.crop, seed, index, augment)?;
         buf.clear();
         for s in &items {
             encode_sample(s, &mut buf);

@@ -122,6 +122,30 @@ fn line(label: &str, c: &Counts) -> String {
 /// Changes up to this map onto the 8-bit levels of [`Ceiling`]'s sweeps (0.25 / 255 per level).
 const CEILING_RANGE: f32 = 0.25;
 
+/// The difference of two RGB images of the same size as levels for a [`Sweep`]: per pixel, the
+/// 3x3 mean of each channel's difference, the largest in magnitude, on 8-bit levels of
+/// [`CEILING_RANGE`].
+fn difference_levels(image: &ImageF32, reference: &ImageF32) -> Vec<u8> {
+    let (w, h) = (image.width(), image.height());
+    let diff: Vec<f32> = image
+        .data()
+        .iter()
+        .zip(reference.data())
+        .map(|(a, b)| a - b)
+        .collect();
+    let mut best = vec![0f32; w * h];
+    for c in 0..3 {
+        let plane: Vec<f32> = diff.iter().skip(c).step_by(3).copied().collect();
+        let mean = crate::detect::classical::box_mean(&plane, w, h, 1);
+        for (b, m) in best.iter_mut().zip(mean) {
+            *b = b.max(m.abs());
+        }
+    }
+    best.iter()
+        .map(|&b| (b / CEILING_RANGE * 255.0).round().min(255.0) as u8)
+        .collect()
+}
+
 /// A ceiling for the detectors: the scores of thresholding the true difference between each
 /// damaged crop and its clean reference, which a detector would have to infer from the scene
 /// (simple thresholding, so a reference point rather than a strict bound). Without grain that
@@ -142,35 +166,20 @@ struct Ceiling {
 
 impl Ceiling {
     fn add(&mut self, image: &ImageF32, truth: &Mask, t: &SynthTruth) {
-        let (w, h) = (image.width(), image.height());
         if image.channels() != 3 || t.reference.data().len() != image.data().len() {
             return;
         }
-        let diff: Vec<f32> = image
-            .data()
-            .iter()
-            .zip(t.reference.data())
-            .map(|(a, b)| a - b)
-            .collect();
-        // The 3x3 mean of each channel's difference, the largest in magnitude.
-        let mut best = vec![0f32; w * h];
-        for c in 0..3 {
-            let plane: Vec<f32> = diff.iter().skip(c).step_by(3).copied().collect();
-            let mean = crate::detect::classical::box_mean(&plane, w, h, 1);
-            for (b, m) in best.iter_mut().zip(mean) {
-                *b = b.max(m.abs());
-            }
-        }
-        let levels: Vec<u8> = best
-            .iter()
-            .map(|&b| (b / CEILING_RANGE * 255.0).round().min(255.0) as u8)
-            .collect();
+        let levels = difference_levels(image, &t.reference);
         self.blind.add(&levels, truth);
         if t.grain {
             self.grainy.add(&levels, truth);
         } else {
-            for (px, &tr) in diff.chunks_exact(3).zip(truth.data()) {
-                let d = px.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let pixels = image.data().chunks_exact(3);
+            for ((a, b), &tr) in pixels
+                .zip(t.reference.data().chunks_exact(3))
+                .zip(truth.data())
+            {
+                let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
                 self.exact.add(d > VISIBLE_CHANGE, tr);
             }
         }
@@ -272,10 +281,55 @@ impl ChangeRecall {
     }
 }
 
-/// Loads a film-damage triplet: the damaged scan and its mask resized to it (bilinear, then
-/// `> 127`).
-fn load_triplet(dir: &Path, id: &str) -> anyhow::Result<(ImageF32, Mask)> {
+/// The film-damage triplets, by id.
+const TRIPLETS: [&str; 3] = [
+    "cinestill50d_half_1",
+    "cinestill800t_half_1",
+    "cinestill800t_half_5",
+];
+
+/// A film-damage triplet: the damaged scan, its mask resized to it and the manually restored
+/// scan.
+struct Triplet {
+    id: &'static str,
+    image: ImageF32,
+    mask: Mask,
+    restored: ImageF32,
+}
+
+/// A ceiling for the real triplets: the scores of thresholding the difference between each
+/// damaged scan and its manually restored one ([`difference_levels`]) against the mask, at the
+/// best threshold over all of them, and each at its own best threshold. Where the restorer's
+/// changes and the mask disagree, no detector can score well.
+fn real_ceiling(triplets: &[Triplet]) -> (Counts, Vec<(&'static str, Counts)>) {
+    let mut sweep = Sweep::default();
+    let mut each = Vec::new();
+    for t in triplets {
+        let levels = difference_levels(&t.image, &t.restored);
+        let mut one = Sweep::default();
+        one.add(&levels, &t.mask);
+        each.push((t.id, one.best_f1().1));
+        sweep.add(&levels, &t.mask);
+    }
+    (sweep.best_f1().1, each)
+}
+
+/// Loads a film-damage triplet: the damaged scan, its mask resized to it (bilinear, then
+/// `> 127`) and the manually restored scan (which must have the damaged one's size).
+fn load_triplet(dir: &Path, id: &'static str) -> anyhow::Result<Triplet> {
     let img = load_image(&dir.join(format!("input_{id}.jpg")))?.pixels;
+    let tpath = dir.join(format!("target_{id}.jpg"));
+    let restored = load_image(&tpath)?.pixels;
+    if (restored.width(), restored.height()) != (img.width(), img.height()) {
+        bail!(
+            "{}: {}x{}, but its damaged scan is {}x{}",
+            tpath.display(),
+            restored.width(),
+            restored.height(),
+            img.width(),
+            img.height()
+        );
+    }
     let mpath = dir.join(format!("{id}_mask.png"));
     let m = image::open(&mpath)
         .with_context(|| format!("reading {}", mpath.display()))?
@@ -293,7 +347,12 @@ fn load_triplet(dir: &Path, id: &str) -> anyhow::Result<(ImageF32, Mask)> {
     };
     let mask = Mask::from_vec(w, h, m.as_raw().iter().map(|&v| v > 127).collect())
         .ok_or_else(|| anyhow::anyhow!("{}: bad mask size", mpath.display()))?;
-    Ok((img, mask))
+    Ok(Triplet {
+        id,
+        image: img,
+        mask,
+        restored,
+    })
 }
 
 /// A synthetic scan of about `mp` megapixels: photos tiled side by side with synthetic damage.
@@ -430,6 +489,36 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "grain_aware": counts_json(&aware),
         }),
     );
+    let triplets = if a.synthetic_only {
+        Vec::new()
+    } else {
+        let tdir = a.film_damage.join("triplets");
+        let triplets = TRIPLETS
+            .into_iter()
+            .map(|id| load_triplet(&tdir, id))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let (best, each) = real_ceiling(&triplets);
+        let per: serde_json::Map<String, serde_json::Value> = each
+            .iter()
+            .map(|(id, c)| ((*id).into(), counts_json(c)))
+            .collect();
+        println!(
+            "real ceiling: thresholding the difference to the manually restored scan (3x3 mean, \
+             best threshold):"
+        );
+        println!("{}", line("difference to the restored scan", &best));
+        report.insert(
+            "real_ceiling".into(),
+            serde_json::json!({
+                "what": "scores of thresholding the difference between each damaged scan and \
+                         its manually restored scan (which no detector is given), its 3x3 mean, \
+                         max over channels, at the best threshold over all three",
+                "difference_3x3": counts_json(&best),
+                "each_at_its_best_threshold": serde_json::Value::Object(per),
+            }),
+        );
+        triplets
+    };
     for (name, det) in &dets {
         let start = Instant::now();
         let mut sweep = Sweep::default();
@@ -481,30 +570,30 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             serde_json::json!({"sensitivity": 1.0 - f32::from(best_level) / 255.0, "scores": counts_json(&best)}),
         );
         if !a.synthetic_only {
-            let tdir = a.film_damage.join("triplets");
             let mut total = Counts::default();
             let mut total_tol = Tolerant::default();
             let mut total_sweep = Sweep::default();
             let mut per = serde_json::Map::new();
-            for id in [
-                "cinestill50d_half_1",
-                "cinestill800t_half_1",
-                "cinestill800t_half_5",
-            ] {
-                let (img, m) = load_triplet(&tdir, id)?;
-                let p = probs(det.as_ref(), &img)?;
-                total_sweep.add(p.data(), &m);
+            for Triplet {
+                id,
+                image: img,
+                mask: m,
+                ..
+            } in &triplets
+            {
+                let p = probs(det.as_ref(), img)?;
+                total_sweep.add(p.data(), m);
                 let pred = p.threshold(a.sensitivity);
-                let c = Counts::of(&pred, &m);
+                let c = Counts::of(&pred, m);
                 total = total.merged(c);
-                total_tol = total_tol.merged(Tolerant::of(&pred, &m, 1));
+                total_tol = total_tol.merged(Tolerant::of(&pred, m, 1));
                 println!(
                     "{}  (truth {:.2}% of pixels, flagged {:.2}%)",
                     line(&format!("real {id}"), &c),
                     100.0 * m.coverage(),
                     100.0 * pred.coverage()
                 );
-                per.insert(id.into(), counts_json(&c));
+                per.insert((*id).into(), counts_json(&c));
                 if let Some(dir) = &a.save_masks {
                     std::fs::create_dir_all(dir)?;
                     crate::imaging::io::save_mask(
@@ -629,6 +718,64 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::train::detect::tests::photo;
+
+    #[test]
+    fn the_real_ceiling_scores_the_restorers_changes_against_the_mask() {
+        let restored = photo(40, 30);
+        let mask = Mask::from_vec(
+            40,
+            30,
+            (0..1200).map(|i| i % 40 >= 10 && i % 40 < 14).collect(),
+        )
+        .unwrap_or_else(|| panic!("mask size"));
+        // Damage exactly where the mask is: the ceiling finds it all and nothing else.
+        let mut image = restored.clone();
+        for (px, &m) in image.data_mut().chunks_exact_mut(3).zip(mask.data()) {
+            if m {
+                px.iter_mut().for_each(|v| *v = (*v + 0.3).min(1.0));
+            }
+        }
+        let exact = Triplet {
+            id: "exact",
+            image,
+            mask: mask.clone(),
+            restored: restored.clone(),
+        };
+        // A restorer who changed nothing: the mask cannot be found.
+        let untouched = Triplet {
+            id: "untouched",
+            image: restored.clone(),
+            mask,
+            restored,
+        };
+        let (all, each) = real_ceiling(&[exact, untouched]);
+        assert_eq!(each[0].0, "exact");
+        let e = each[0].1;
+        assert_eq!((e.fp, e.fn_, e.tp), (0, 0, 120), "{e:?}");
+        assert_eq!(each[1].1.tp, 0);
+        assert_eq!((all.tp, all.fn_), (120, 120), "{all:?}");
+    }
+
+    #[test]
+    fn a_triplet_whose_restored_scan_has_another_size_is_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let save = |name: &str, w: u32, h: u32| {
+            image::RgbImage::from_pixel(w, h, image::Rgb([90, 100, 110]))
+                .save(dir.path().join(name))
+                .unwrap_or_else(|e| panic!("{e}"));
+        };
+        save("input_t.jpg", 16, 12);
+        save("t_mask.png", 16, 12);
+        save("target_t.jpg", 16, 10);
+        let err = load_triplet(dir.path(), "t").err().map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(|e| e.contains("16x10")),
+            "{err:?}"
+        );
+        save("target_t.jpg", 16, 12);
+        let t = load_triplet(dir.path(), "t").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((t.restored.width(), t.mask.count()), (16, 0));
+    }
 
     #[test]
     fn the_ceiling_is_exact_without_grain_and_below_it_with_grain() {

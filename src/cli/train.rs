@@ -55,9 +55,8 @@ pub struct VaeArgs {
     /// Folder for grids and checkpoints (default: `runs/<name of OUT>` beside OUT's folder).
     #[arg(long)]
     pub runs: Option<PathBuf>,
-    /// Continue from the checkpoint in the runs folder.
-    #[arg(long)]
-    pub resume: bool,
+    #[command(flatten)]
+    pub resume: Resume,
     /// Latent size.
     #[arg(long, default_value_t = 128)]
     pub latent: usize,
@@ -179,6 +178,34 @@ pub(super) fn command_line() -> String {
         .join(" ")
 }
 
+/// Whether a training run continues its checkpoint or starts afresh, and whether a fresh run may
+/// replace weights already at its output (shared by every `train` family).
+#[derive(Debug, clap::Args)]
+pub struct Resume {
+    /// Continue from the checkpoint in the runs folder.
+    #[arg(long)]
+    pub resume: bool,
+    /// Let a fresh run (no --resume) replace the weights already at its output stem; without
+    /// it such a run is refused before it starts, so no trained weights are lost by accident.
+    #[arg(long)]
+    pub overwrite: bool,
+}
+
+impl Resume {
+    /// Refuses a fresh run whose output `<out>.safetensors` exists, unless `--overwrite`.
+    pub(super) fn check(&self, out: &Path) -> anyhow::Result<()> {
+        let weights = with_ext(out, "safetensors");
+        if !self.resume && !self.overwrite && weights.exists() {
+            anyhow::bail!(
+                "{} already holds trained weights, which a fresh run would replace: pass \
+                 --overwrite to replace them, --resume to continue their run, or another --out",
+                weights.display()
+            );
+        }
+        Ok(())
+    }
+}
+
 /// `runs/<stem>` beside the folder of `out` (`weights/vae-faces` -> `runs/vae-faces`);
 /// `fallback` names the folder when `out` has no file name.
 pub(super) fn default_runs_dir(out: &Path, fallback: &str) -> PathBuf {
@@ -194,6 +221,7 @@ pub(super) fn default_runs_dir(out: &Path, fallback: &str) -> PathBuf {
 }
 
 fn run_vae(a: VaeArgs) -> anyhow::Result<()> {
+    a.resume.check(&a.out)?;
     let dev = Device::Cpu;
     let model = VaeConfig {
         image_size: a.size,
@@ -277,7 +305,7 @@ fn run_vae(a: VaeArgs) -> anyhow::Result<()> {
         sample_every: a.sample_every,
         runs_dir: runs_dir.clone(),
         out: a.out.clone(),
-        resume: a.resume,
+        resume: a.resume.resume,
         max_seconds: a.max_minutes.map(|m| m * 60.0),
         data_desc: format!(
             "{} ({} images; {} train, {} held out by a shuffle seeded with {}; random \
@@ -331,4 +359,28 @@ fn run_vae(a: VaeArgs) -> anyhow::Result<()> {
         runs_dir.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fresh_run_may_not_replace_trained_weights_unless_told() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let out = dir.path().join("detect-damage");
+        let run = |resume, overwrite| Resume { resume, overwrite }.check(&out);
+        assert!(run(false, false).is_ok(), "nothing there yet");
+        std::fs::write(out.with_extension("safetensors"), b"weights")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = run(false, false).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref().is_some_and(
+                |e| e.contains("--overwrite") && e.contains("detect-damage.safetensors")
+            ),
+            "{err:?}"
+        );
+        assert!(run(true, false).is_ok(), "a resumed run continues them");
+        assert!(run(false, true).is_ok(), "replacing them was asked for");
+    }
 }

@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 
+use super::train::Resume;
+
 use crate::models::cgan::GeneratorConfig;
 use crate::train::cgan::{train_cgan, with_ext, Batch, CganTrainConfig, LossWeights, StepReport};
 use crate::train::damage_synth::DamageConfig;
@@ -38,9 +40,8 @@ pub struct CganArgs {
     /// Folder for grids and checkpoints (default: `runs/<name of OUT>`).
     #[arg(long)]
     pub runs: Option<PathBuf>,
-    /// Continue from the checkpoint in the runs folder.
-    #[arg(long)]
-    pub resume: bool,
+    #[command(flatten)]
+    pub resume: Resume,
     /// Generator channels at full resolution.
     #[arg(long, default_value_t = 16)]
     pub base: usize,
@@ -84,6 +85,7 @@ pub struct CganArgs {
 
 /// Runs `train cgan`.
 pub fn run_cgan(a: CganArgs) -> anyhow::Result<()> {
+    a.resume.check(&a.out)?;
     let dev = Device::Cpu;
     let started = std::time::Instant::now();
     let super::train::PhotoData {
@@ -139,7 +141,7 @@ pub fn run_cgan(a: CganArgs) -> anyhow::Result<()> {
         sample_every: a.sample_every,
         runs_dir: runs_dir.clone(),
         out: a.out.clone(),
-        resume: a.resume,
+        resume: a.resume.resume,
         max_seconds: a.max_minutes.map(|m| m * 60.0),
         data_desc: format!(
             "random {c}x{c} crops (random horizontal flips) of the {n} photos in {dirs:?} \

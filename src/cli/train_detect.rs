@@ -5,10 +5,12 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 
+use super::train::Resume;
+
 use crate::detect::learned::DetectNetConfig;
 use crate::train::cgan::{with_ext, CropSource};
 use crate::train::damage_synth::ArtifactBank;
-use crate::train::detect::{train_detect, DetectStep, DetectTrainConfig};
+use crate::train::detect::{train_detect, DetectStep, DetectTrainConfig, TrainAugment};
 
 /// Where `train detect` and `train detect-data` take their photos and damage artifacts from.
 #[derive(Debug, clap::Args)]
@@ -37,6 +39,46 @@ impl DetectSource {
         let bank =
             super::train::load_artifacts(&self.artifacts, self.artifacts_per_category, seed)?;
         Ok((photos, bank))
+    }
+}
+
+/// Training-only additions to the damage synthesis, shared by `train detect` and `train
+/// detect-data` (the held-out set, validation and calibration draw none of them).
+#[derive(Debug, clap::Args)]
+pub struct AugmentArgs {
+    /// Share of the damaged training crops that also get short film dashes (streaks 6-40 px
+    /// along the film's transport direction, like the real film-damage scans; 0 = none).
+    #[arg(long, default_value_t = 0.0)]
+    pub dashes: f64,
+    /// Share of the training crops whose scene colours are made bolder before the damage (hue
+    /// turned, saturation x1.3-2.5), like printed packaging and signs, which the photos lack;
+    /// 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    pub vivid: f64,
+    /// Share of the training crops that get printed marks as scene before the damage (a line of
+    /// glyph-like strokes, maybe a flat panel and a row of solid squares), like the lettering
+    /// of packaging and signs, which the photos lack; 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    pub print: f64,
+}
+
+impl AugmentArgs {
+    /// The augmentation, refused outside [0, 1].
+    pub(super) fn augment(&self) -> anyhow::Result<TrainAugment> {
+        for (name, v) in [
+            ("--dashes", self.dashes),
+            ("--vivid", self.vivid),
+            ("--print", self.print),
+        ] {
+            if !(0.0..=1.0).contains(&v) {
+                anyhow::bail!("{name} is a share of the crops, from 0 to 1 (got {v})");
+            }
+        }
+        Ok(TrainAugment {
+            dashes: self.dashes,
+            vivid: self.vivid,
+            print: self.print,
+        })
     }
 }
 
@@ -89,11 +131,8 @@ pub struct DetectArgs {
     /// Share of a batch's clean pixels (away from damage) that the hard-negative term covers.
     #[arg(long, default_value_t = 0.01)]
     pub hard_neg_frac: f64,
-    /// Share of the damaged training crops that also get short film dashes (streaks 6-40 px
-    /// along the film's transport direction, like the real film-damage scans; 0 = none, as in
-    /// the held-out set).
-    #[arg(long, default_value_t = 0.0)]
-    pub dashes: f64,
+    #[command(flatten)]
+    pub augment: AugmentArgs,
     /// Untouched whole training photos per step whose highest-scoring pixels (the top
     /// --hard-neg-frac) add a hard-negative term, so that smooth regions larger than a crop
     /// (skies, lakes) are learned as clean; needs --hard-neg-weight (0 = none). Uncropped: meant
@@ -110,9 +149,8 @@ pub struct DetectArgs {
     /// Folder for the checkpoint (default: `runs/<name of OUT>`).
     #[arg(long)]
     pub runs: Option<PathBuf>,
-    /// Continue from the checkpoint in the runs folder.
-    #[arg(long)]
-    pub resume: bool,
+    #[command(flatten)]
+    pub resume: Resume,
     /// Start from these weights instead of a random initialisation (ignored when a checkpoint
     /// is resumed): the same sizes, or smaller ones (same block count, as many fine blocks or
     /// fewer), which are widened to --base/--mid/--deep and deepened to --fine without
@@ -135,8 +173,10 @@ pub struct DetectArgs {
 
 /// Runs `train detect`.
 pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
+    a.resume.check(&a.out)?;
     let dev = Device::Cpu;
     let started = std::time::Instant::now();
+    let augment = a.augment.augment()?;
     let (photos, bank) = a.source.load(a.seed)?;
     let super::train::PhotoData {
         dirs,
@@ -180,13 +220,13 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
         dice_weight: a.dice_weight,
         hard_neg_weight: a.hard_neg_weight,
         hard_neg_frac: a.hard_neg_frac,
-        dashes: a.dashes,
+        augment,
         photo_negatives: a.photo_negatives,
         seed: a.seed,
         sample_every: a.sample_every,
         runs_dir: runs_dir.clone(),
         out: a.out.clone(),
-        resume: a.resume,
+        resume: a.resume.resume,
         init: a.init.clone(),
         max_seconds: a.max_minutes.map(|m| m * 60.0),
         data_desc: format!(
@@ -196,7 +236,7 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
              brush strokes and {k} real film-damage artifact cut-outs ({art}, up to {p} per \
              category) at 16-96 px (log-uniform), random rotation, opacity and light/dark \
              colour, faint straight film scratches (30% of crops){dashes}, then varied opacity \
-             (x0.4-1), tint and blur (box r 1-2); 12% of crops undamaged; whole-crop grey/sepia \
+             (x0.4-1), tint and blur (box r 1-2); 12% of crops undamaged{vivid}{print}; whole-crop grey/sepia \
              tone, gamma/contrast, then fine or clumped grain. Labels: the visibly changed \
              pixels (see ground_truth). Validation during training: 32 fixed damaged crops of {val}.",
             c = a.crop,
@@ -205,10 +245,28 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
             art = a.source.artifacts.display(),
             p = a.source.artifacts_per_category,
             val = val_dir.display(),
-            dashes = if a.dashes > 0.0 {
+            dashes = if augment.dashes > 0.0 {
                 format!(
                     ", short film dashes along the transport direction ({:.0}% of damaged crops)",
-                    100.0 * a.dashes
+                    100.0 * augment.dashes
+                )
+            } else {
+                String::new()
+            },
+            vivid = if augment.vivid > 0.0 {
+                format!(
+                    "; {:.0}% of crops made vivid before the damage (hue turned, saturation \
+                     x1.3-2.5)",
+                    100.0 * augment.vivid
+                )
+            } else {
+                String::new()
+            },
+            print = if augment.print > 0.0 {
+                format!(
+                    "; printed marks (glyph strokes, flat panels, solid squares) painted into \
+                     {:.0}% of crops as scene before the damage",
+                    100.0 * augment.print
                 )
             } else {
                 String::new()

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::Device;
 
-use super::train::{command_line, default_runs_dir};
+use super::train::{command_line, default_runs_dir, Resume};
 use crate::models::gan::{GanConfig, GanLoss, GanManifest, LoadedGan};
 use crate::models::vae::{LoadedVae, VaeManifest};
 use crate::train::gan::{
@@ -36,9 +36,8 @@ pub struct GanArgs {
     /// Folder for grids, the loss log and checkpoints (default: `runs/<name of OUT>`).
     #[arg(long)]
     pub runs: Option<PathBuf>,
-    /// Continue from the checkpoint in the runs folder.
-    #[arg(long)]
-    pub resume: bool,
+    #[command(flatten)]
+    pub resume: Resume,
     /// Adversarial objective.
     #[arg(long, value_enum, default_value_t = LossArg::NonSaturating)]
     pub loss: LossArg,
@@ -109,6 +108,7 @@ impl From<LossArg> for GanLoss {
 
 /// Runs `train gan`.
 pub fn run_gan(a: GanArgs) -> anyhow::Result<()> {
+    a.resume.check(&a.out)?;
     let dev = Device::Cpu;
     let model = GanConfig {
         image_size: 64,
@@ -174,7 +174,7 @@ pub fn run_gan(a: GanArgs) -> anyhow::Result<()> {
         report(&manifest);
         return Ok(());
     }
-    if a.resume && trainer.resume(&runs)? {
+    if a.resume.resume && trainer.resume(&runs)? {
         eprintln!(
             "resumed at step {} from {}",
             trainer.steps(),

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use candle_core::Device;
 
+use super::train::Resume;
+
 use crate::rl::a2c::A2cConfig;
 use crate::train::cgan::with_ext;
 use crate::train::rl::{
@@ -97,9 +99,8 @@ pub struct RlArgs {
     /// Checkpoint folder (default `runs/<name of OUT>`).
     #[arg(long)]
     pub runs: Option<PathBuf>,
-    /// Continue from the checkpoint.
-    #[arg(long)]
-    pub resume: bool,
+    #[command(flatten)]
+    pub resume: Resume,
     /// Held-out validation crops (fixed, from `DATA/val`).
     #[arg(long, default_value_t = 8)]
     pub val: usize,
@@ -284,6 +285,7 @@ pub fn run_rl(a: RlArgs) -> anyhow::Result<()> {
         }
         return eval_refine_only(&a, &out);
     }
+    a.resume.check(&out)?;
     let started = std::time::Instant::now();
     let super::train::PhotoData {
         dirs,
@@ -357,7 +359,7 @@ pub fn run_rl(a: RlArgs) -> anyhow::Result<()> {
         eval_every: a.eval_every,
         runs_dir: runs_dir.clone(),
         out: out.clone(),
-        resume: a.resume,
+        resume: a.resume.resume,
         max_seconds: a.max_minutes.map(|m| m * 60.0),
         data_desc,
         data_license: "BSDS500: no licence stated, research use (cite Arbelaez et al. 2011). \
