@@ -192,13 +192,27 @@ pub struct Resume {
 }
 
 impl Resume {
-    /// Refuses a fresh run whose output `<out>.safetensors` exists, unless `--overwrite`.
-    pub(super) fn check(&self, out: &Path) -> anyhow::Result<()> {
+    /// Refuses a run that would replace the weights at `<out>.safetensors` without being told
+    /// to (`--overwrite`): a fresh run, and a `--resume` that finds no checkpoint in `runs` (it
+    /// would start afresh too).
+    pub(super) fn check(&self, out: &Path, runs: &Path) -> anyhow::Result<()> {
         let weights = with_ext(out, "safetensors");
-        if !self.resume && !self.overwrite && weights.exists() {
+        if self.overwrite || !weights.exists() {
+            return Ok(());
+        }
+        if !self.resume {
             anyhow::bail!(
                 "{} already holds trained weights, which a fresh run would replace: pass \
                  --overwrite to replace them, --resume to continue their run, or another --out",
+                weights.display()
+            );
+        }
+        let checkpoint = runs.join("checkpoint.json");
+        if !checkpoint.is_file() {
+            anyhow::bail!(
+                "--resume found no {}, so the run would start afresh and replace {}: give their \
+                 run's folder with --runs, or pass --overwrite",
+                checkpoint.display(),
                 weights.display()
             );
         }
@@ -221,7 +235,6 @@ pub(super) fn default_runs_dir(out: &Path, fallback: &str) -> PathBuf {
 }
 
 fn run_vae(a: VaeArgs) -> anyhow::Result<()> {
-    a.resume.check(&a.out)?;
     let dev = Device::Cpu;
     let model = VaeConfig {
         image_size: a.size,
@@ -284,6 +297,7 @@ fn run_vae(a: VaeArgs) -> anyhow::Result<()> {
         .runs
         .clone()
         .unwrap_or_else(|| default_runs_dir(&a.out, "run"));
+    a.resume.check(&a.out, &runs_dir)?;
     // The held-out file names, so evaluations (e.g. inpainting) can use exactly this split.
     std::fs::create_dir_all(&runs_dir)
         .with_context(|| format!("creating {}", runs_dir.display()))?;
@@ -366,20 +380,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_fresh_run_may_not_replace_trained_weights_unless_told() {
+    fn a_run_may_not_replace_trained_weights_unless_told() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let out = dir.path().join("detect-damage");
-        let run = |resume, overwrite| Resume { resume, overwrite }.check(&out);
+        let (out, runs) = (dir.path().join("detect-damage"), dir.path().join("runs"));
+        let run = |resume, overwrite| Resume { resume, overwrite }.check(&out, &runs);
+        let refusal = |resume| run(resume, false).err().map(|e| e.to_string());
         assert!(run(false, false).is_ok(), "nothing there yet");
         std::fs::write(out.with_extension("safetensors"), b"weights")
             .unwrap_or_else(|e| panic!("{e}"));
-        let err = run(false, false).err().map(|e| e.to_string());
+        let err = refusal(false);
         assert!(
             err.as_deref().is_some_and(
                 |e| e.contains("--overwrite") && e.contains("detect-damage.safetensors")
             ),
             "{err:?}"
         );
+        // Resuming without a checkpoint would start afresh just the same.
+        let err = refusal(true);
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("checkpoint.json") && e.contains("--runs")),
+            "{err:?}"
+        );
+        std::fs::create_dir_all(&runs).unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(runs.join("checkpoint.json"), b"{}").unwrap_or_else(|e| panic!("{e}"));
         assert!(run(true, false).is_ok(), "a resumed run continues them");
         assert!(run(false, true).is_ok(), "replacing them was asked for");
     }

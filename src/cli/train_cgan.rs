@@ -85,7 +85,6 @@ pub struct CganArgs {
 
 /// Runs `train cgan`.
 pub fn run_cgan(a: CganArgs) -> anyhow::Result<()> {
-    a.resume.check(&a.out)?;
     let dev = Device::Cpu;
     let started = std::time::Instant::now();
     let super::train::PhotoData {
@@ -120,6 +119,7 @@ pub fn run_cgan(a: CganArgs) -> anyhow::Result<()> {
         .runs
         .clone()
         .unwrap_or_else(|| super::train::default_runs_dir(&a.out, "cgan-inpaint"));
+    a.resume.check(&a.out, &runs_dir)?;
     let command = super::train::command_line();
     let cfg = CganTrainConfig {
         gen: GeneratorConfig { base: a.base },

@@ -173,7 +173,6 @@ pub struct DetectArgs {
 
 /// Runs `train detect`.
 pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
-    a.resume.check(&a.out)?;
     let dev = Device::Cpu;
     let started = std::time::Instant::now();
     let augment = a.augment.augment()?;
@@ -202,6 +201,7 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
         .runs
         .clone()
         .unwrap_or_else(|| super::train::default_runs_dir(&a.out, "detect-damage"));
+    a.resume.check(&a.out, &runs_dir)?;
     let command = super::train::command_line();
     let cfg = DetectTrainConfig {
         net: DetectNetConfig {

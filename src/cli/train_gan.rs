@@ -108,7 +108,6 @@ impl From<LossArg> for GanLoss {
 
 /// Runs `train gan`.
 pub fn run_gan(a: GanArgs) -> anyhow::Result<()> {
-    a.resume.check(&a.out)?;
     let dev = Device::Cpu;
     let model = GanConfig {
         image_size: 64,
@@ -140,6 +139,7 @@ pub fn run_gan(a: GanArgs) -> anyhow::Result<()> {
         .runs
         .clone()
         .unwrap_or_else(|| default_runs_dir(&a.out, "gan"));
+    a.resume.check(&a.out, &runs)?;
     // The held-out file names, so evaluations (inversion inpainting) use exactly this split.
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
     let val_list = runs.join("val_files.txt");

@@ -285,7 +285,6 @@ pub fn run_rl(a: RlArgs) -> anyhow::Result<()> {
         }
         return eval_refine_only(&a, &out);
     }
-    a.resume.check(&out)?;
     let started = std::time::Instant::now();
     let super::train::PhotoData {
         dirs,
@@ -314,6 +313,7 @@ pub fn run_rl(a: RlArgs) -> anyhow::Result<()> {
         .runs
         .clone()
         .unwrap_or_else(|| super::train::default_runs_dir(&out, "rl"));
+    a.resume.check(&out, &runs_dir)?;
     let command = super::train::command_line();
     let data_desc = match task {
         Task::Denoise => format!(

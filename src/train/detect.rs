@@ -217,8 +217,8 @@ pub struct TrainAugment {
 /// scans for damage, in colour and in grey alike): with probability `rate`, maybe a flat
 /// panel of one colour, then a line of 3 to 10 glyphs (each 2 to 4 strokes of one width between
 /// points of a 3x3 grid of its box, like a segment font; 8 to 28 px tall), and on some crops a
-/// row of solid squares, all in one ink that contrasts with the panel or the scene. The marks
-/// are scene, never damage: the labels are measured against the crop with its marks.
+/// row of solid squares, all in one light or dark ink (the panel, if any, the opposite). The
+/// marks are scene, never damage: the labels are measured against the crop with its marks.
 fn printed_marks(img: &mut ImageF32, seed: u64, rate: f64) {
     let (w, h) = (img.width(), img.height());
     let mut rng = StdRng::seed_from_u64(seed);
