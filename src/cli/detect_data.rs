@@ -63,9 +63,9 @@ pub fn run(a: DetectDataArgs) -> anyhow::Result<()> {
     if a.crop % 8 != 0 || a.crop < 16 || a.chunk == 0 || a.chunk > 1024 {
         anyhow::bail!("--crop must be a multiple of 8 (at least 16) and --chunk 1 to 1024");
     }
+    let augment = a.augment.augment()?;
     let (photos, bank) = a.source.load(a.seed)?;
     let (source, _) = photos.source.split_spread(a.cal_photos)?;
-    let augment = a.augment.augment()?;
     let (source, seed, augment) = if a.val {
         (&photos.val_source, a.seed ^ 0x5a1, TrainAugment::default())
     } else {

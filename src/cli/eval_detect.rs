@@ -20,7 +20,7 @@ use crate::restore::NullReporter;
 use crate::train::cgan::CropSource;
 use crate::train::damage_synth::ArtifactBank;
 use crate::train::detect::{
-    synth_sample, synth_sample_with_truth, LabelStats, SynthTruth, VISIBLE_CHANGE,
+    change, synth_sample, synth_sample_with_truth, LabelStats, SynthTruth, VISIBLE_CHANGE,
 };
 
 /// Arguments of `eval-detect`.
@@ -174,13 +174,9 @@ impl Ceiling {
         if t.grain {
             self.grainy.add(&levels, truth);
         } else {
-            let pixels = image.data().chunks_exact(3);
-            for ((a, b), &tr) in pixels
-                .zip(t.reference.data().chunks_exact(3))
-                .zip(truth.data())
-            {
-                let d = a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-                self.exact.add(d > VISIBLE_CHANGE, tr);
+            for (i, &tr) in truth.data().iter().enumerate() {
+                self.exact
+                    .add(change(image, &t.reference, i) > VISIBLE_CHANGE, tr);
             }
         }
     }

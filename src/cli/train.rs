@@ -192,6 +192,21 @@ pub struct Resume {
 }
 
 impl Resume {
+    /// The run's folder (`runs`, else [`default_runs_dir`] of `out` with `fallback`), once
+    /// [`Self::check`] allows the run.
+    pub(super) fn runs_dir(
+        &self,
+        out: &Path,
+        runs: Option<&PathBuf>,
+        fallback: &str,
+    ) -> anyhow::Result<PathBuf> {
+        let dir = runs
+            .cloned()
+            .unwrap_or_else(|| default_runs_dir(out, fallback));
+        self.check(out, &dir)?;
+        Ok(dir)
+    }
+
     /// Refuses a run that would replace the weights at `<out>.safetensors` without being told
     /// to (`--overwrite`): a fresh run, and a `--resume` that finds no checkpoint in `runs` (it
     /// would start afresh too).
@@ -222,7 +237,7 @@ impl Resume {
 
 /// `runs/<stem>` beside the folder of `out` (`weights/vae-faces` -> `runs/vae-faces`);
 /// `fallback` names the folder when `out` has no file name.
-pub(super) fn default_runs_dir(out: &Path, fallback: &str) -> PathBuf {
+fn default_runs_dir(out: &Path, fallback: &str) -> PathBuf {
     let name = out
         .file_name()
         .map(|n| n.to_os_string())
@@ -293,11 +308,8 @@ fn run_vae(a: VaeArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let runs_dir = a
-        .runs
-        .clone()
-        .unwrap_or_else(|| default_runs_dir(&a.out, "run"));
-    a.resume.check(&a.out, &runs_dir)?;
+    // Checked here, not first: --refresh above rewrites the weights of their own run.
+    let runs_dir = a.resume.runs_dir(&a.out, a.runs.as_ref(), "run")?;
     // The held-out file names, so evaluations (e.g. inpainting) can use exactly this split.
     std::fs::create_dir_all(&runs_dir)
         .with_context(|| format!("creating {}", runs_dir.display()))?;

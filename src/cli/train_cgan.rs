@@ -85,6 +85,7 @@ pub struct CganArgs {
 
 /// Runs `train cgan`.
 pub fn run_cgan(a: CganArgs) -> anyhow::Result<()> {
+    let runs_dir = a.resume.runs_dir(&a.out, a.runs.as_ref(), "cgan-inpaint")?;
     let dev = Device::Cpu;
     let started = std::time::Instant::now();
     let super::train::PhotoData {
@@ -115,11 +116,6 @@ pub fn run_cgan(a: CganArgs) -> anyhow::Result<()> {
         bank.as_ref().map(|b| b.categories()).unwrap_or_default(),
         started.elapsed().as_secs_f64()
     );
-    let runs_dir = a
-        .runs
-        .clone()
-        .unwrap_or_else(|| super::train::default_runs_dir(&a.out, "cgan-inpaint"));
-    a.resume.check(&a.out, &runs_dir)?;
     let command = super::train::command_line();
     let cfg = CganTrainConfig {
         gen: GeneratorConfig { base: a.base },

@@ -176,6 +176,9 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let started = std::time::Instant::now();
     let augment = a.augment.augment()?;
+    let runs_dir = a
+        .resume
+        .runs_dir(&a.out, a.runs.as_ref(), "detect-damage")?;
     let (photos, bank) = a.source.load(a.seed)?;
     let super::train::PhotoData {
         dirs,
@@ -197,11 +200,6 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
         bank.as_ref().map(|b| b.categories()).unwrap_or_default(),
         started.elapsed().as_secs_f64()
     );
-    let runs_dir = a
-        .runs
-        .clone()
-        .unwrap_or_else(|| super::train::default_runs_dir(&a.out, "detect-damage"));
-    a.resume.check(&a.out, &runs_dir)?;
     let command = super::train::command_line();
     let cfg = DetectTrainConfig {
         net: DetectNetConfig {

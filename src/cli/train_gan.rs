@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use candle_core::Device;
 
-use super::train::{command_line, default_runs_dir, Resume};
+use super::train::{command_line, Resume};
 use crate::models::gan::{GanConfig, GanLoss, GanManifest, LoadedGan};
 use crate::models::vae::{LoadedVae, VaeManifest};
 use crate::train::gan::{
@@ -108,6 +108,7 @@ impl From<LossArg> for GanLoss {
 
 /// Runs `train gan`.
 pub fn run_gan(a: GanArgs) -> anyhow::Result<()> {
+    let runs = a.resume.runs_dir(&a.out, a.runs.as_ref(), "gan")?;
     let dev = Device::Cpu;
     let model = GanConfig {
         image_size: 64,
@@ -135,11 +136,6 @@ pub fn run_gan(a: GanArgs) -> anyhow::Result<()> {
         train.len(),
         val.len()
     );
-    let runs = a
-        .runs
-        .clone()
-        .unwrap_or_else(|| default_runs_dir(&a.out, "gan"));
-    a.resume.check(&a.out, &runs)?;
     // The held-out file names, so evaluations (inversion inpainting) use exactly this split.
     std::fs::create_dir_all(&runs).with_context(|| format!("creating {}", runs.display()))?;
     let val_list = runs.join("val_files.txt");

@@ -285,6 +285,7 @@ pub fn run_rl(a: RlArgs) -> anyhow::Result<()> {
         }
         return eval_refine_only(&a, &out);
     }
+    let runs_dir = a.resume.runs_dir(&out, a.runs.as_ref(), "rl")?;
     let started = std::time::Instant::now();
     let super::train::PhotoData {
         dirs,
@@ -309,11 +310,6 @@ pub fn run_rl(a: RlArgs) -> anyhow::Result<()> {
         val_source.len(),
         started.elapsed().as_secs_f64()
     );
-    let runs_dir = a
-        .runs
-        .clone()
-        .unwrap_or_else(|| super::train::default_runs_dir(&out, "rl"));
-    a.resume.check(&out, &runs_dir)?;
     let command = super::train::command_line();
     let data_desc = match task {
         Task::Denoise => format!(

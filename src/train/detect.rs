@@ -290,17 +290,16 @@ fn printed_marks(img: &mut ImageF32, seed: u64, rate: f64) {
         let ys = (ay.min(by) - reach).floor().max(0.0) as usize
             ..((ay.max(by) + reach).ceil().max(0.0) as usize).min(h);
         let (dx, dy) = (bx - ax, by - ay);
-        let len2 = (dx * dx + dy * dy).max(1e-6);
+        let len2 = dx * dx + dy * dy;
         for py in ys {
             for px in xs.clone() {
                 let (qx, qy) = (px as f32 - ax, py as f32 - ay);
-                let t = ((qx * dx + qy * dy) / len2).clamp(0.0, 1.0);
-                let d = ((qx - t * dx).powi(2) + (qy - t * dy).powi(2)).sqrt();
                 // Square dots (no length) keep their corners: Chebyshev distance there.
                 let d = if len2 <= 1e-6 {
                     qx.abs().max(qy.abs())
                 } else {
-                    d
+                    let t = ((qx * dx + qy * dy) / len2).clamp(0.0, 1.0);
+                    ((qx - t * dx).powi(2) + (qy - t * dy).powi(2)).sqrt()
                 };
                 let cover = (half + 0.5 - d).clamp(0.0, 1.0);
                 if cover > 0.0 {
@@ -431,7 +430,7 @@ impl Tone {
 }
 
 /// Largest absolute difference over the colour channels of pixel `i`.
-fn change(a: &ImageF32, b: &ImageF32, i: usize) -> f32 {
+pub(crate) fn change(a: &ImageF32, b: &ImageF32, i: usize) -> f32 {
     let (a, b) = (&a.data()[i * 3..i * 3 + 3], &b.data()[i * 3..i * 3 + 3]);
     (0..3).map(|c| (a[c] - b[c]).abs()).fold(0.0, f32::max)
 }
