@@ -175,11 +175,24 @@ def unpack(recs, crop, flip=None):
     n = recs.shape[0]
     img = recs[:, : crop * crop * 3].view(n, crop, crop, 3).permute(0, 3, 1, 2)
     lab = recs[:, crop * crop * 3 :].view(n, 1, crop, crop)
-    img = img.float() * (2.0 / 255.0) - 1.0
     if flip is not None:
         img = torch.where(flip.view(n, 1, 1, 1), img.flip(-1), img)
         lab = torch.where(flip.view(n, 1, 1, 1), lab.flip(-1), lab)
-    return F.pixel_unshuffle(img, 2), F.pixel_unshuffle(lab, 2)
+    return fold_input(img), F.pixel_unshuffle(lab, 2)
+
+
+def fold_input(img):
+    """The network input of uint8 RGB images `[n, 3, h, w]`: scaled to [-1, 1] and folded 2x2
+    into 12 channels, as `fold` in src/detect/learned.rs."""
+    return F.pixel_unshuffle(img.float() * (2.0 / 255.0) - 1.0, 2)
+
+
+def top_bce(z, frac):
+    """Mean BCE against "clean" of the `frac` highest-scoring of the logits `z` (flat, at least
+    one): the hard-negative term of src/train/detect.rs."""
+    k = max(1, min(z.numel(), math.ceil(z.numel() * frac)))
+    _, idx = torch.topk(z.detach(), k)
+    return F.softplus(z[idx]).mean()
 
 
 def detect_loss(z, codes, pos_weight, dice_weight, hard_weight, hard_frac):
@@ -196,12 +209,9 @@ def detect_loss(z, codes, pos_weight, dice_weight, hard_weight, hard_frac):
     total = bce + dice_weight * dice
     hard = torch.zeros((), device=z.device)
     if hard_weight > 0:
-        far = sp[codes == FAR_CLEAN]
         zf = z[codes == FAR_CLEAN]
         if zf.numel() > 0:
-            k = max(1, min(zf.numel(), math.ceil(zf.numel() * hard_frac)))
-            _, idx = torch.topk(zf.detach(), k)
-            hard = far[idx].mean()
+            hard = top_bce(zf, hard_frac)
             total = total + hard_weight * hard
     return total, bce, dice, hard
 
@@ -230,13 +240,10 @@ def photo_negative_loss(net, photos, frac, amp):
     highest-scoring pixels of each untouched photo (all clean), averaged over the photos."""
     terms = []
     for p in photos:
-        x = F.pixel_unshuffle(p[None].float() * (2.0 / 255.0) - 1.0, 2)
+        x = fold_input(p[None])
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
             z = net(x.contiguous(memory_format=torch.channels_last))
-        z = z.float().flatten()
-        k = max(1, math.ceil(z.numel() * frac))
-        _, idx = torch.topk(z.detach(), k)
-        terms.append(F.softplus(z[idx]).mean())
+        terms.append(top_bce(z.float().flatten(), frac))
     return torch.stack(terms).mean()
 
 
