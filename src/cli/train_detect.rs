@@ -60,6 +60,10 @@ pub struct AugmentArgs {
     /// of packaging and signs, which the photos lack; 0 = none.
     #[arg(long, default_value_t = 0.0)]
     pub print: f64,
+    /// Share of the damaged training crops that also get a network of emulsion cracks
+    /// (wandering, branching thin lines, mostly bright, like the cracked old prints); 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    pub cracks: f64,
 }
 
 impl AugmentArgs {
@@ -69,6 +73,7 @@ impl AugmentArgs {
             ("--dashes", self.dashes),
             ("--vivid", self.vivid),
             ("--print", self.print),
+            ("--cracks", self.cracks),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 anyhow::bail!("{name} is a share of the crops, from 0 to 1 (got {v})");
@@ -78,6 +83,7 @@ impl AugmentArgs {
             dashes: self.dashes,
             vivid: self.vivid,
             print: self.print,
+            cracks: self.cracks,
         })
     }
 }
@@ -233,7 +239,7 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
              train::detect::synth_sample_full: curved scratches, hairs, dust specks/blobs, rare \
              brush strokes and {k} real film-damage artifact cut-outs ({art}, up to {p} per \
              category) at 16-96 px (log-uniform), random rotation, opacity and light/dark \
-             colour, faint straight film scratches (30% of crops){dashes}, then varied opacity \
+             colour, faint straight film scratches (30% of crops){dashes}{cracks}, then varied opacity \
              (x0.4-1), tint and blur (box r 1-2); 12% of crops undamaged{vivid}{print}; whole-crop grey/sepia \
              tone, gamma/contrast, then fine or clumped grain. Labels: the visibly changed \
              pixels (see ground_truth). Validation during training: 32 fixed damaged crops of {val}.",
@@ -247,6 +253,14 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
                 format!(
                     ", short film dashes along the transport direction ({:.0}% of damaged crops)",
                     100.0 * augment.dashes
+                )
+            } else {
+                String::new()
+            },
+            cracks = if augment.cracks > 0.0 {
+                format!(
+                    ", networks of wandering, branching emulsion cracks ({:.0}% of damaged crops)",
+                    100.0 * augment.cracks
                 )
             } else {
                 String::new()

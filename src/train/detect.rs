@@ -197,6 +197,81 @@ fn film_dashes(diff: &mut [f32], clean: &ImageF32, seed: u64, rate: f64) {
     }
 }
 
+/// Adds to `diff` the network of cracks an old print's emulsion breaks into (the old photos are
+/// crossed by them, bright where the paper shows through, and none of the other damage draws
+/// them): with probability `rate`, 1 to 3 crack trees that wander from a random point with small
+/// turns and frequent kinks, 30 px to one and a half crop sides long, 0.8 to 2.6 px wide, and
+/// branch off thinner, shorter cracks at sharp angles; mostly lighter (four in five), by 20 to 90%
+/// of the way to white, else darker. A training-only addition (`--cracks`): the held-out set does
+/// not draw them.
+fn emulsion_cracks(diff: &mut [f32], clean: &ImageF32, seed: u64, rate: f64) {
+    let (w, h) = (clean.width(), clean.height());
+    let mut rng = StdRng::seed_from_u64(seed);
+    if w < 16 || h < 16 || rate <= 0.0 || !rng.random_bool(rate.min(1.0)) {
+        return;
+    }
+    let target = if rng.random_bool(0.8) { 1.0 } else { 0.0 };
+    let strength = rng.random_range(0.3..0.9f32);
+    let side = w.max(h) as f32;
+    let sign = |rng: &mut StdRng| if rng.random_bool(0.5) { 1.0 } else { -1.0 };
+    // Cracks still to draw: start, direction, length and half width.
+    let mut todo: Vec<(f32, f32, f32, f32, f32)> = (0..rng.random_range(1..=3))
+        .map(|_| {
+            (
+                rng.random_range(0.0..w as f32),
+                rng.random_range(0.0..h as f32),
+                rng.random_range(0.0..std::f32::consts::TAU),
+                rng.random_range(30.0..(1.5 * side).max(31.0)),
+                rng.random_range(0.4..1.3f32),
+            )
+        })
+        .collect();
+    let mut branches = 0;
+    while let Some((mut x, mut y, mut angle, len, half)) = todo.pop() {
+        let fade = rng.random_range(0.7..1.0f32);
+        for t in 0..len as usize {
+            if x < 0.0 || y < 0.0 || x >= w as f32 || y >= h as f32 {
+                break;
+            }
+            let (x0, x1) = (
+                (x - half - 1.0).max(0.0) as usize,
+                (x + half + 1.0) as usize,
+            );
+            let (y0, y1) = (
+                (y - half - 1.0).max(0.0) as usize,
+                (y + half + 1.0) as usize,
+            );
+            for py in y0..=y1.min(h - 1) {
+                for px in x0..=x1.min(w - 1) {
+                    let d = ((px as f32 - x).powi(2) + (py as f32 - y).powi(2)).sqrt();
+                    let cover = (half + 0.5 - d).clamp(0.0, 1.0);
+                    if cover > 0.0 {
+                        stamp(diff, clean, py * w + px, target, strength * fade, cover);
+                    }
+                }
+            }
+            angle += 0.05 * normal(&mut rng);
+            if rng.random_bool(0.04) {
+                angle += rng.random_range(0.3..1.0f32) * sign(&mut rng);
+            }
+            if branches < 24 && rng.random_bool(0.03) {
+                branches += 1;
+                let turn = rng.random_range(0.5..1.4f32) * sign(&mut rng);
+                let rest = len - t as f32;
+                todo.push((
+                    x,
+                    y,
+                    angle + turn,
+                    rest * rng.random_range(0.3..0.8),
+                    (half * rng.random_range(0.6..0.9)).max(0.4),
+                ));
+            }
+            x += angle.cos();
+            y += angle.sin();
+        }
+    }
+}
+
 /// Training-only additions to the synthesis (the held-out set, validation and calibration draw
 /// none of them).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -209,6 +284,9 @@ pub struct TrainAugment {
     /// Share of the crops that get printed marks (lettering, solid squares, a flat panel) as
     /// part of the scene before the damage ([`printed_marks`]).
     pub print: f64,
+    /// Share of the damaged crops that also get a network of emulsion cracks
+    /// ([`emulsion_cracks`]).
+    pub cracks: f64,
 }
 
 /// Paints printed marks into a clean crop as part of its scene, like the lettering and graphics
@@ -452,18 +530,20 @@ pub fn synth_sample(clean: &ImageF32, bank: Option<&ArtifactBank>, seed: u64) ->
 /// [`VISIBLE_CHANGE`] in some channel (blur tails included, invisible footprint excluded).
 /// Film grain (fine or clumped) comes last and never changes the labels.
 pub fn synth_sample_full(clean: &ImageF32, bank: Option<&ArtifactBank>, seed: u64) -> SynthSample {
-    synth_parts(clean, bank, seed, true, 0.0).0
+    synth_parts(clean, bank, seed, true, TrainAugment::default()).0
 }
 
-/// [`synth_sample_full`] with short film dashes ([`film_dashes`]) on `dashes` of the damaged
-/// crops, for training; with `dashes` 0 it is [`synth_sample_full`].
+/// [`synth_sample_full`] with the training-only damage of `augment` (short film dashes
+/// ([`film_dashes`]) and emulsion cracks ([`emulsion_cracks`]) on their shares of the damaged
+/// crops; its scene changes are made by [`synth_items`]); with the default it is
+/// [`synth_sample_full`].
 pub fn synth_sample_train(
     clean: &ImageF32,
     bank: Option<&ArtifactBank>,
     seed: u64,
-    dashes: f64,
+    augment: TrainAugment,
 ) -> SynthSample {
-    synth_parts(clean, bank, seed, true, dashes).0
+    synth_parts(clean, bank, seed, true, augment).0
 }
 
 /// What the labels of a synthetic sample were measured from: for scoring detectors by how
@@ -486,17 +566,17 @@ pub fn synth_sample_with_truth(
     bank: Option<&ArtifactBank>,
     seed: u64,
 ) -> (SynthSample, SynthTruth) {
-    synth_parts(clean, bank, seed, true, 0.0)
+    synth_parts(clean, bank, seed, true, TrainAugment::default())
 }
 
-/// [`synth_sample_full`] with grain optional and film dashes on a share `dashes` of the damaged
-/// crops, and what its labels were measured from.
+/// [`synth_sample_full`] with grain optional and the training-only damage of `augment`, and
+/// what its labels were measured from.
 fn synth_parts(
     clean: &ImageF32,
     bank: Option<&ArtifactBank>,
     seed: u64,
     grain: bool,
-    dashes: f64,
+    augment: TrainAugment,
 ) -> (SynthSample, SynthTruth) {
     let (w, h) = (clean.width(), clean.height());
     let mut rng = StdRng::seed_from_u64(mix(seed, 0x00de_7ec7));
@@ -546,7 +626,8 @@ fn synth_parts(
         }
         // Film scratches from their own random stream (the other draws stay as they were).
         film_scratches(&mut diff, clean, mix(seed, 0xf11e_5c7a));
-        film_dashes(&mut diff, clean, mix(seed, 0xda54_e500), dashes);
+        film_dashes(&mut diff, clean, mix(seed, 0xda54_e500), augment.dashes);
+        emulsion_cracks(&mut diff, clean, mix(seed, 0xc7ac_4ed5), augment.cracks);
         let blur = rng.random_range(0.0..1.0);
         if blur < 0.3 {
             diff = box_blur(&diff, w, h, 1);
@@ -752,7 +833,7 @@ pub fn synth_items(
             let mut clean = source.crop(&mut rng, crop)?;
             vivid_colours(&mut clean, mix(s, 0x0b01_d5ce), augment.vivid);
             printed_marks(&mut clean, mix(s, 0x9e1c_7e25), augment.print);
-            Ok(synth_sample_train(&clean, bank, s ^ 0xd37, augment.dashes))
+            Ok(synth_sample_train(&clean, bank, s ^ 0xd37, augment))
         })
         .collect()
 }
@@ -1359,12 +1440,13 @@ pub(crate) mod tests {
         let clean = photo(96, 96);
         let (mut faint_footprint, mut outside, mut damaged) = (0, 0, 0);
         for seed in 0..24 {
-            let (s, truth) = synth_parts(&clean, None, seed, false, 0.0);
+            let (s, truth) = synth_parts(&clean, None, seed, false, TrainAugment::default());
             let (reference, changes) = (truth.reference, truth.change);
             assert!(!truth.grain);
-            let (again, _) = synth_parts(&clean, None, seed, false, 0.0);
+            let (again, _) = synth_parts(&clean, None, seed, false, TrainAugment::default());
             // With grain the labels and the measured change are the same.
-            let (grainy, grainy_truth) = synth_parts(&clean, None, seed, true, 0.0);
+            let (grainy, grainy_truth) =
+                synth_parts(&clean, None, seed, true, TrainAugment::default());
             assert_eq!(grainy.mask, s.mask, "seed {seed}: grain moved the labels");
             assert_eq!(
                 grainy_truth.change, changes,
@@ -1450,15 +1532,81 @@ pub(crate) mod tests {
         });
         for seed in 0..6 {
             let a = synth_sample_full(&photo, None, seed);
-            let b = synth_sample_train(&photo, None, seed, 0.0);
+            let b = synth_sample_train(&photo, None, seed, TrainAugment::default());
             assert_eq!((a.image, a.mask), (b.image, b.mask));
         }
         // On: some crops gain damage pixels.
         let gained: usize = (0..12)
             .map(|seed| {
                 let a = synth_sample_full(&photo, None, seed);
-                let b = synth_sample_train(&photo, None, seed, 1.0);
+                let dashes = TrainAugment {
+                    dashes: 1.0,
+                    ..TrainAugment::default()
+                };
+                let b = synth_sample_train(&photo, None, seed, dashes);
                 b.mask.count().saturating_sub(a.mask.count())
+            })
+            .sum();
+        assert!(gained > 0);
+    }
+
+    #[test]
+    fn emulsion_cracks_are_few_connected_thin_trees_and_training_only() {
+        let n = 128;
+        let clean = ImageF32::from_fn(n, n, 3, |_, _, _| 0.5);
+        let (mut drawn, mut long, trials) = (0, 0, 60);
+        for seed in 0..trials {
+            let mut diff = vec![0f32; n * n * 3];
+            emulsion_cracks(&mut diff, &clean, seed, 0.5);
+            let cracked = Mask::from_fn(n, n, |x, y| diff[(y * n + x) * 3] != 0.0);
+            if cracked.count() == 0 {
+                continue;
+            }
+            drawn += 1;
+            // At most 90% of the way to white or black (0.5 here).
+            assert!(diff.iter().all(|d| d.abs() <= 0.45 + 1e-6), "seed {seed}");
+            // One to three trees, each in one piece (branches start on their crack).
+            let comps = crate::restore::pipeline::components(&cracked);
+            assert!(
+                (1..=3).contains(&comps.len()),
+                "seed {seed}: {}",
+                comps.len()
+            );
+            // Thin lines, not patches: a 5x5 erosion leaves next to nothing (forks and crossings).
+            let core = (2..n - 2)
+                .flat_map(|y| (2..n - 2).map(move |x| (x, y)))
+                .filter(|&(x, y)| {
+                    (y - 2..=y + 2).all(|yy| (x - 2..=x + 2).all(|xx| cracked.get(xx, yy)))
+                })
+                .count();
+            assert!(
+                core * 20 <= cracked.count(),
+                "seed {seed}: {core} of {}",
+                cracked.count()
+            );
+            // Long: most networks span a good part of the crop.
+            let (xs, ys): (Vec<usize>, Vec<usize>) = (0..n * n)
+                .filter(|&i| cracked.data()[i])
+                .map(|i| (i % n, i / n))
+                .unzip();
+            let span = |v: &[usize]| v.iter().max().unwrap_or(&0) - v.iter().min().unwrap_or(&0);
+            if span(&xs).max(span(&ys)) >= 32 {
+                long += 1;
+            }
+        }
+        assert!((15..=45).contains(&drawn), "{drawn} of {trials}");
+        assert!(long * 10 >= drawn * 8, "{long} of {drawn} span 32 px");
+        // On (off is synth_sample_full's, tested with the dashes), some crops gain damage.
+        let photo = photo(64, 64);
+        let cracks = TrainAugment {
+            cracks: 1.0,
+            ..TrainAugment::default()
+        };
+        let gained: usize = (0..12)
+            .map(|seed| {
+                let a = synth_sample_full(&photo, None, seed);
+                let on = synth_sample_train(&photo, None, seed, cracks);
+                on.mask.count().saturating_sub(a.mask.count())
             })
             .sum();
         assert!(gained > 0);
