@@ -88,6 +88,15 @@ impl AugmentArgs {
     }
 }
 
+/// `before`, the share as a percentage, `after`; nothing when the share is 0 (an option left off).
+fn share_note(share: f64, before: &str, after: &str) -> String {
+    if share > 0.0 {
+        format!("{before}{:.0}%{after}", 100.0 * share)
+    } else {
+        String::new()
+    }
+}
+
 /// Arguments of `train detect`.
 #[derive(Debug, clap::Args)]
 pub struct DetectArgs {
@@ -249,40 +258,26 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
             art = a.source.artifacts.display(),
             p = a.source.artifacts_per_category,
             val = val_dir.display(),
-            dashes = if augment.dashes > 0.0 {
-                format!(
-                    ", short film dashes along the transport direction ({:.0}% of damaged crops)",
-                    100.0 * augment.dashes
-                )
-            } else {
-                String::new()
-            },
-            cracks = if augment.cracks > 0.0 {
-                format!(
-                    ", networks of wandering, branching emulsion cracks ({:.0}% of damaged crops)",
-                    100.0 * augment.cracks
-                )
-            } else {
-                String::new()
-            },
-            vivid = if augment.vivid > 0.0 {
-                format!(
-                    "; {:.0}% of crops made vivid before the damage (hue turned, saturation \
-                     x1.3-2.5)",
-                    100.0 * augment.vivid
-                )
-            } else {
-                String::new()
-            },
-            print = if augment.print > 0.0 {
-                format!(
-                    "; printed marks (glyph strokes, flat panels, solid squares) painted into \
-                     {:.0}% of crops as scene before the damage",
-                    100.0 * augment.print
-                )
-            } else {
-                String::new()
-            },
+            dashes = share_note(
+                augment.dashes,
+                ", short film dashes along the transport direction (",
+                " of damaged crops)"
+            ),
+            cracks = share_note(
+                augment.cracks,
+                ", networks of wandering, branching emulsion cracks (",
+                " of damaged crops)"
+            ),
+            vivid = share_note(
+                augment.vivid,
+                "; ",
+                " of crops made vivid before the damage (hue turned, saturation x1.3-2.5)"
+            ),
+            print = share_note(
+                augment.print,
+                "; printed marks (glyph strokes, flat panels, solid squares) painted into ",
+                " of crops as scene before the damage"
+            ),
         ),
         data_license: "BSDS500: no licence stated, research use (cite Arbelaez et al. 2011); \
                        film-damage artifacts: MIT (Ivanova et al. 2023). The weights inherit \
