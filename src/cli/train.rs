@@ -210,7 +210,7 @@ impl Resume {
     /// Refuses a run that would replace the weights at `<out>.safetensors` without being told
     /// to (`--overwrite`): a fresh run, and a `--resume` that finds no checkpoint in `runs` (it
     /// would start afresh too).
-    pub(super) fn check(&self, out: &Path, runs: &Path) -> anyhow::Result<()> {
+    fn check(&self, out: &Path, runs: &Path) -> anyhow::Result<()> {
         let weights = with_ext(out, "safetensors");
         if self.overwrite || !weights.exists() {
             return Ok(());

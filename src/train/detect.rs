@@ -955,7 +955,7 @@ pub struct DetectTrainConfig {
     pub hard_neg_weight: f64,
     /// Share of the far clean pixels of a batch that the hard-negative term covers.
     pub hard_neg_frac: f64,
-    /// Training-only additions to the synthesis (film dashes, vivid colours, print).
+    /// Training-only additions to the synthesis (film dashes, vivid colours, print, cracks).
     pub augment: TrainAugment,
     /// Untouched whole training photos per step whose top `hard_neg_frac` scoring pixels add a
     /// hard-negative term ([`photo_negative_loss`], weighted like the crops' one; 0 = off), so
@@ -1536,18 +1536,22 @@ pub(crate) mod tests {
             assert_eq!((a.image, a.mask), (b.image, b.mask));
         }
         // On: some crops gain damage pixels.
-        let gained: usize = (0..12)
+        let dashes = TrainAugment {
+            dashes: 1.0,
+            ..TrainAugment::default()
+        };
+        assert!(damage_gained(&photo, dashes) > 0);
+    }
+
+    /// The damage pixels that `augment` adds to [`synth_sample_full`]'s over 12 seeds.
+    fn damage_gained(photo: &ImageF32, augment: TrainAugment) -> usize {
+        (0..12)
             .map(|seed| {
-                let a = synth_sample_full(&photo, None, seed);
-                let dashes = TrainAugment {
-                    dashes: 1.0,
-                    ..TrainAugment::default()
-                };
-                let b = synth_sample_train(&photo, None, seed, dashes);
-                b.mask.count().saturating_sub(a.mask.count())
+                let plain = synth_sample_full(photo, None, seed);
+                let more = synth_sample_train(photo, None, seed, augment);
+                more.mask.count().saturating_sub(plain.mask.count())
             })
-            .sum();
-        assert!(gained > 0);
+            .sum()
     }
 
     #[test]
@@ -1602,14 +1606,7 @@ pub(crate) mod tests {
             cracks: 1.0,
             ..TrainAugment::default()
         };
-        let gained: usize = (0..12)
-            .map(|seed| {
-                let a = synth_sample_full(&photo, None, seed);
-                let on = synth_sample_train(&photo, None, seed, cracks);
-                on.mask.count().saturating_sub(a.mask.count())
-            })
-            .sum();
-        assert!(gained > 0);
+        assert!(damage_gained(&photo, cracks) > 0);
     }
 
     #[test]
