@@ -2,6 +2,7 @@
 //! damaged/clean/mask triplets of film-damage, and on untouched photos (false positives), and
 //! times them on a synthetic 24-megapixel scan.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +19,7 @@ use crate::imaging::{load_image, ImageF32, Mask};
 use crate::models::registry::Registry;
 use crate::restore::NullReporter;
 use crate::train::cgan::CropSource;
-use crate::train::damage_synth::ArtifactBank;
+use crate::train::damage_synth::{ArtifactBank, DamageSource};
 use crate::train::detect::{
     change, synth_sample, synth_sample_with_truth, LabelStats, SynthTruth, VISIBLE_CHANGE,
 };
@@ -277,6 +278,79 @@ impl ChangeRecall {
     }
 }
 
+/// Recall of the ground truth split by what drew the damage ([`DamageSource`], artifacts by
+/// their film-damage category), with the share of each kind's truth that is faint (changed by
+/// less than the first [`CHANGE_BINS`] edge) and the recall of the rest: tells which kinds of
+/// damage a detector misses, and whether it misses them where they are bold.
+#[derive(Default)]
+struct KindRecall {
+    /// Per kind name: truth pixels, found ones, faint ones, found faint ones.
+    kinds: BTreeMap<String, [u64; 4]>,
+}
+
+impl KindRecall {
+    fn add(
+        &mut self,
+        pred: &Mask,
+        truth: &Mask,
+        change: &[f32],
+        source: &[DamageSource],
+        bank: &ArtifactBank,
+    ) {
+        for (((&t, &p), &d), &k) in truth.data().iter().zip(pred.data()).zip(change).zip(source) {
+            if t {
+                let e = self.kinds.entry(k.name(Some(bank))).or_default();
+                e[0] += 1;
+                e[1] += u64::from(p);
+                e[2] += u64::from(d < CHANGE_BINS[0]);
+                e[3] += u64::from(p && d < CHANGE_BINS[0]);
+            }
+        }
+    }
+
+    /// Kinds by their share of the truth, largest first.
+    fn sorted(&self) -> Vec<(&String, &[u64; 4])> {
+        let mut v: Vec<_> = self.kinds.iter().collect();
+        v.sort_by(|a, b| b.1[0].cmp(&a.1[0]).then(a.0.cmp(b.0)));
+        v
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let total = self.kinds.values().map(|e| e[0]).sum::<u64>().max(1) as f64;
+        self.sorted()
+            .into_iter()
+            .map(|(name, e)| {
+                format!(
+                    "{name:<22} {:5.1}% of truth, {:3.0}% of it faint: R {:.3} (not faint: {:.3})",
+                    100.0 * e[0] as f64 / total,
+                    100.0 * e[2] as f64 / e[0].max(1) as f64,
+                    e[1] as f64 / e[0].max(1) as f64,
+                    (e[1] - e[3]) as f64 / (e[0] - e[2]).max(1) as f64
+                )
+            })
+            .collect()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let m: serde_json::Map<String, serde_json::Value> = self
+            .kinds
+            .iter()
+            .map(|(name, e)| {
+                (
+                    name.clone(),
+                    serde_json::json!({
+                        "truth_pixels": e[0],
+                        "recall": e[1] as f64 / e[0].max(1) as f64,
+                        "faint_share": e[2] as f64 / e[0].max(1) as f64,
+                        "recall_not_faint": (e[1] - e[3]) as f64 / (e[0] - e[2]).max(1) as f64,
+                    }),
+                )
+            })
+            .collect();
+        m.into()
+    }
+}
+
 /// The film-damage triplets, by id.
 const TRIPLETS: [&str; 3] = [
     "cinestill50d_half_1",
@@ -429,6 +503,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut rng = StdRng::seed_from_u64(2024);
     let mut items = Vec::new();
     let mut changes = Vec::new();
+    let mut sources = Vec::new();
     let mut ceiling = Ceiling::default();
     let mut label_stats = LabelStats::default();
     for i in 0..source.len() * a.crops {
@@ -438,6 +513,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         label_stats = label_stats.merged(s.stats);
         ceiling.add(&s.image, &s.mask, &truth);
         changes.push(truth.change);
+        sources.push(truth.source);
         items.push((s.image, s.mask));
     }
     let coverage: f64 =
@@ -521,11 +597,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let mut dilated = Counts::default();
         let mut tolerant = Tolerant::default();
         let mut by_change = ChangeRecall::default();
+        let mut by_kind = KindRecall::default();
         for (k, (img, m)) in items.iter().enumerate() {
             let p = probs(det.as_ref(), img)?;
             sweep.add(p.data(), m);
             let pred = p.threshold(a.sensitivity);
             by_change.add(&pred, m, &changes[k]);
+            by_kind.add(&pred, m, &changes[k], &sources[k], &bank);
             tolerant = tolerant.merged(Tolerant::of(&pred, m, 1));
             if let Some(dir) = a.save_masks.as_ref().filter(|_| k < 8) {
                 std::fs::create_dir_all(dir)?;
@@ -556,9 +634,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             1.0 - f32::from(best_level) / 255.0
         );
         println!("  {}", by_change.line());
+        println!(
+            "  recall by kind (faint: changed by less than {}):",
+            CHANGE_BINS[0]
+        );
+        for l in by_kind.lines() {
+            println!("    {l}");
+        }
         let mut entry = serde_json::Map::new();
         entry.insert("synthetic".into(), counts_json(&c));
         entry.insert("synthetic_recall_by_change".into(), by_change.json());
+        entry.insert("synthetic_recall_by_kind".into(), by_kind.json());
         entry.insert("synthetic_dilated_2px".into(), counts_json(&dilated));
         entry.insert("synthetic_tolerant_1px".into(), tol_json(&tolerant));
         entry.insert(

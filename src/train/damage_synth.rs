@@ -220,12 +220,61 @@ impl ArtifactBank {
     }
 }
 
-/// One damage layer being drawn: soft coverage per pixel and the colour it paints.
+/// What drew a damage pixel: for scoring detectors per kind of damage
+/// ([`synthesize_traced`], the evaluation's recall by kind).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DamageSource {
+    /// Nothing (clean, or a change that no drawing can be traced to).
+    #[default]
+    None,
+    /// A free-form brush stroke.
+    Brush,
+    /// A thin curved scratch.
+    Scratch,
+    /// A drawn hair.
+    Hair,
+    /// A dust speck or blob (also the fallback speck).
+    Dust,
+    /// A real artifact cut-out: its index in the [`ArtifactBank`].
+    Artifact(u16),
+    /// A long film scratch (drawn by the detector's synthesis).
+    FilmScratch,
+    /// A short film dash (training only).
+    FilmDash,
+    /// An emulsion crack (training only).
+    Crack,
+}
+
+impl DamageSource {
+    /// A short name; artifacts are named by their film-damage category (`artifact: hair`).
+    pub fn name(self, bank: Option<&ArtifactBank>) -> String {
+        match self {
+            Self::None => "untraced".into(),
+            Self::Brush => "brush stroke".into(),
+            Self::Scratch => "thin scratch".into(),
+            Self::Hair => "drawn hair".into(),
+            Self::Dust => "dust speck".into(),
+            Self::Artifact(i) => match bank.and_then(|b| b.items.get(usize::from(i))) {
+                Some(a) => format!("artifact: {}", a.category),
+                None => "artifact".into(),
+            },
+            Self::FilmScratch => "film scratch".into(),
+            Self::FilmDash => "film dash".into(),
+            Self::Crack => "emulsion crack".into(),
+        }
+    }
+}
+
+/// One damage layer being drawn: soft coverage per pixel, the colour it paints and what drew
+/// most of it.
 struct Layer {
     width: usize,
     height: usize,
     alpha: Vec<f32>,
     colour: Vec<[f32; 3]>,
+    source: Vec<DamageSource>,
+    /// What is drawing now.
+    pen: DamageSource,
 }
 
 impl Layer {
@@ -235,6 +284,8 @@ impl Layer {
             height,
             alpha: vec![0.0; width * height],
             colour: vec![[0.0; 3]; width * height],
+            source: vec![DamageSource::None; width * height],
+            pen: DamageSource::None,
         }
     }
 
@@ -246,6 +297,10 @@ impl Layer {
         }
         let old = self.alpha[i];
         let new = a + old * (1.0 - a);
+        // The pixel is traced to whichever contributes more of its coverage.
+        if a >= old * (1.0 - a) {
+            self.source[i] = self.pen;
+        }
         for (c, v) in self.colour[i].iter_mut().enumerate() {
             *v = (colour[c] * a + *v * old * (1.0 - a)) / new.max(1e-6);
         }
@@ -393,13 +448,26 @@ pub fn synthesize(
     cfg: &DamageConfig,
     seed: u64,
 ) -> (ImageF32, Mask) {
+    let (damaged, mask, _) = synthesize_traced(clean, bank, cfg, seed);
+    (damaged, mask)
+}
+
+/// [`synthesize`], and for each pixel what drew most of its damage ([`DamageSource::None`]
+/// where nothing did). Draws the same damage as [`synthesize`] for the same seed.
+pub fn synthesize_traced(
+    clean: &ImageF32,
+    bank: Option<&ArtifactBank>,
+    cfg: &DamageConfig,
+    seed: u64,
+) -> (ImageF32, Mask, Vec<DamageSource>) {
     let (w, h) = (clean.width(), clean.height());
     let mut rng = StdRng::seed_from_u64(seed ^ 0xda3a_6e5e_ed00_0001);
     let mut layer = Layer::new(w, h);
     let side = w.max(h) as f32;
     if w == 0 || h == 0 {
-        return (clean.clone(), Mask::new(w, h));
+        return (clean.clone(), Mask::new(w, h), Vec::new());
     }
+    layer.pen = DamageSource::Brush;
     if rng.random_bool(cfg.brush) {
         let strokes = rng.random_range(1..=4);
         for _ in 0..strokes {
@@ -417,6 +485,7 @@ pub fn synthesize(
             layer.walk(&mut rng, start, angle, length, r, 0.08, 1.0, colour);
         }
     }
+    layer.pen = DamageSource::Scratch;
     if rng.random_bool(cfg.scratches) {
         // Reuse the evaluation scratches (film-like, mostly vertical) plus a soft brightness.
         let m = mask_synth::scratch_mask(w, h, rng.random());
@@ -428,6 +497,7 @@ pub fn synthesize(
             }
         }
     }
+    layer.pen = DamageSource::Hair;
     if rng.random_bool(cfg.hairs) {
         for _ in 0..rng.random_range(1..=3) {
             let start = (
@@ -442,6 +512,7 @@ pub fn synthesize(
             layer.walk(&mut rng, start, angle, length, r, 0.06, opacity, colour);
         }
     }
+    layer.pen = DamageSource::Dust;
     if rng.random_bool(cfg.dust) {
         let n = rng.random_range(3..30);
         for _ in 0..n {
@@ -464,7 +535,9 @@ pub fn synthesize(
     if let Some(bank) = bank.filter(|b| !b.is_empty()) {
         if rng.random_bool(cfg.artifacts) {
             for _ in 0..rng.random_range(1..=3) {
-                let art = &bank.items[rng.random_range(0..bank.items.len())];
+                let k = rng.random_range(0..bank.items.len());
+                let art = &bank.items[k];
+                layer.pen = u16::try_from(k).map_or(DamageSource::None, DamageSource::Artifact);
                 stamp_artifact(&mut layer, art, cfg.artifact_px, &mut rng);
                 if coverage(&layer) > cfg.max_coverage {
                     break;
@@ -473,6 +546,7 @@ pub fn synthesize(
         }
     }
     if coverage(&layer) == 0.0 {
+        layer.pen = DamageSource::Dust;
         let colour = damage_colour(&mut rng);
         let (x, y) = (
             rng.random_range(0.0..w as f32),
@@ -491,7 +565,7 @@ pub fn synthesize(
             }
         }
     }
-    (damaged, mask)
+    (damaged, mask, layer.source)
 }
 
 #[cfg(test)]
@@ -524,10 +598,9 @@ mod tests {
         assert_ne!(m1, m3);
     }
 
-    #[test]
-    fn each_kind_alone_draws_a_bounded_mask() {
-        let clean = grey(96, 96);
-        let off = DamageConfig {
+    /// A mix that draws nothing, to switch single kinds on.
+    fn nothing() -> DamageConfig {
+        DamageConfig {
             brush: 0.0,
             scratches: 0.0,
             hairs: 0.0,
@@ -535,7 +608,13 @@ mod tests {
             artifacts: 0.0,
             max_coverage: 0.5,
             artifact_px: None,
-        };
+        }
+    }
+
+    #[test]
+    fn each_kind_alone_draws_a_bounded_mask() {
+        let clean = grey(96, 96);
+        let off = nothing();
         for (i, cfg) in [
             DamageConfig { brush: 1.0, ..off },
             DamageConfig {
@@ -563,6 +642,92 @@ mod tests {
         };
         assert!(
             avg(&DamageConfig { hairs: 1.0, ..off }) < avg(&DamageConfig { brush: 1.0, ..off })
+        );
+    }
+
+    #[test]
+    fn each_damaged_pixel_is_traced_to_the_kind_that_drew_it() {
+        let clean = grey(96, 96);
+        let off = DamageConfig {
+            artifact_px: Some((20.0, 40.0)),
+            ..nothing()
+        };
+        let disc = |w: usize| {
+            let c = w as f32 / 2.0;
+            (0..w * w)
+                .map(|i| {
+                    let (x, y) = ((i % w) as f32 + 0.5, (i / w) as f32 + 0.5);
+                    if (x - c).hypot(y - c) < c * 0.8 {
+                        255
+                    } else {
+                        0
+                    }
+                })
+                .collect()
+        };
+        let bank = ArtifactBank::new(
+            [(9, "stain"), (13, "smut")]
+                .into_iter()
+                .filter_map(|(w, cat)| Artifact::from_alpha(w, w, disc(w), cat))
+                .collect(),
+        );
+        for (cfg, kinds) in [
+            (
+                DamageConfig { brush: 1.0, ..off },
+                vec![DamageSource::Brush],
+            ),
+            (
+                DamageConfig {
+                    scratches: 1.0,
+                    ..off
+                },
+                vec![DamageSource::Scratch],
+            ),
+            (DamageConfig { hairs: 1.0, ..off }, vec![DamageSource::Hair]),
+            (DamageConfig { dust: 1.0, ..off }, vec![DamageSource::Dust]),
+            (
+                DamageConfig {
+                    artifacts: 1.0,
+                    ..off
+                },
+                vec![DamageSource::Artifact(0), DamageSource::Artifact(1)],
+            ),
+        ] {
+            for seed in 0..4 {
+                let (d, m, src) = synthesize_traced(&clean, Some(&bank), &cfg, seed);
+                // The same damage as `synthesize` draws.
+                assert_eq!((d, m.clone()), synthesize(&clean, Some(&bank), &cfg, seed));
+                assert_eq!(src.len(), 96 * 96);
+                for (i, &s) in src.iter().enumerate() {
+                    if m.data()[i] {
+                        assert!(kinds.contains(&s), "{kinds:?}, seed {seed}: {s:?}");
+                    }
+                }
+            }
+        }
+        // Drawn over each other, the pixels are split between the kinds, and each is named.
+        let all = DamageConfig {
+            brush: 1.0,
+            hairs: 1.0,
+            dust: 1.0,
+            artifacts: 1.0,
+            ..off
+        };
+        let (_, m, src) = synthesize_traced(&clean, Some(&bank), &all, 3);
+        let mut names: Vec<String> = m
+            .data()
+            .iter()
+            .zip(&src)
+            .filter(|(&t, _)| t)
+            .map(|(_, s)| s.name(Some(&bank)))
+            .collect();
+        names.sort();
+        names.dedup();
+        assert!(names.len() >= 3, "{names:?}");
+        assert!(!names.iter().any(|n| n == "untraced"), "{names:?}");
+        assert!(
+            names.iter().any(|n| n.starts_with("artifact: ")),
+            "{names:?}"
         );
     }
 

@@ -19,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
 use super::cgan::{with_ext, CropSource};
-use super::damage_synth::{synthesize, ArtifactBank, DamageConfig};
+use super::damage_synth::{synthesize_traced, ArtifactBank, DamageConfig, DamageSource};
 use super::{io_err, mix, read_json, save_tensors, write_json, AdamW, TrainError, TrainResult};
 use crate::detect::learned::{architecture, fold, fold_mask, DetectNetConfig, Learned, LoadedNet};
 use crate::detect::metrics::{Counts, Sweep};
@@ -287,6 +287,9 @@ pub struct TrainAugment {
     /// Share of the damaged crops that also get a network of emulsion cracks
     /// ([`emulsion_cracks`]).
     pub cracks: f64,
+    /// Share of the damaged crops whose damage draws brush strokes (wide opaque bands), in
+    /// place of [`detection_damage`]'s 3%; 0 keeps the 3%.
+    pub brush: f64,
 }
 
 /// Paints printed marks into a clean crop as part of its scene, like the lettering and graphics
@@ -558,7 +561,13 @@ pub struct SynthTruth {
     pub reference: ImageF32,
     /// Whether film grain was added (after the labels were measured).
     pub grain: bool,
+    /// What drew the damage of each pixel; blur tails outside every drawing take the source of
+    /// the nearest drawn pixel within [`TAIL_REACH`] pixels.
+    pub source: Vec<DamageSource>,
 }
+
+/// How far (pixels, Chebyshev) a blur tail is traced back to the drawing it came from.
+pub const TAIL_REACH: usize = 3;
 
 /// [`synth_sample_full`] and what its labels were measured from, in the same pass.
 pub fn synth_sample_with_truth(
@@ -591,13 +600,22 @@ fn synth_parts(
             change: vec![0.0; w * h],
             reference: clean.clone(),
             grain: false,
+            source: vec![DamageSource::None; w * h],
         };
         return (s, truth);
     }
-    let (mut img, footprint) = if rng.random_bool(0.12) {
-        (clean.clone(), Mask::new(w, h))
+    let (mut img, footprint, mut source) = if rng.random_bool(0.12) {
+        (
+            clean.clone(),
+            Mask::new(w, h),
+            vec![DamageSource::None; w * h],
+        )
     } else {
-        let (damaged, footprint) = synthesize(clean, bank, &detection_damage(), seed);
+        let mut mix_cfg = detection_damage();
+        if augment.brush > 0.0 {
+            mix_cfg.brush = augment.brush.min(1.0);
+        }
+        let (damaged, footprint, mut source) = synthesize_traced(clean, bank, &mix_cfg, seed);
         // Vary the damage itself through its difference to the clean crop.
         let mut diff: Vec<f32> = damaged
             .data()
@@ -625,9 +643,19 @@ fn synth_parts(
             }
         }
         // Film scratches from their own random stream (the other draws stay as they were).
-        film_scratches(&mut diff, clean, mix(seed, 0xf11e_5c7a));
-        film_dashes(&mut diff, clean, mix(seed, 0xda54_e500), augment.dashes);
-        emulsion_cracks(&mut diff, clean, mix(seed, 0xc7ac_4ed5), augment.cracks);
+        traced(&mut diff, &mut source, DamageSource::FilmScratch, |d| {
+            film_scratches(d, clean, mix(seed, 0xf11e_5c7a))
+        });
+        if augment.dashes > 0.0 {
+            traced(&mut diff, &mut source, DamageSource::FilmDash, |d| {
+                film_dashes(d, clean, mix(seed, 0xda54_e500), augment.dashes)
+            });
+        }
+        if augment.cracks > 0.0 {
+            traced(&mut diff, &mut source, DamageSource::Crack, |d| {
+                emulsion_cracks(d, clean, mix(seed, 0xc7ac_4ed5), augment.cracks)
+            });
+        }
         let blur = rng.random_range(0.0..1.0);
         if blur < 0.3 {
             diff = box_blur(&diff, w, h, 1);
@@ -638,7 +666,7 @@ fn synth_parts(
         for (v, d) in img.data_mut().iter_mut().zip(&diff) {
             *v = (*v + d).clamp(0.0, 1.0);
         }
-        (img, footprint)
+        (img, footprint, source)
     };
     // Tone of an old print, the same on the clean reference.
     let t = rng.random_range(0.0..1.0);
@@ -679,6 +707,7 @@ fn synth_parts(
         stats.visible_outside_footprint += u64::from(*m && !f);
         stats.ignored += u64::from(*ig);
     }
+    trace_tails(&mut source, &mask, w, h);
     let grain = rng.random_bool(0.6) && grain;
     if grain {
         let sigma = rng.random_range(0.005..0.045f32);
@@ -710,8 +739,61 @@ fn synth_parts(
         change: changes,
         reference,
         grain,
+        source,
     };
     (sample, truth)
+}
+
+/// Runs `draw` on the damage difference `diff` (interleaved RGB) and traces every pixel it
+/// changed to `kind`.
+fn traced(
+    diff: &mut Vec<f32>,
+    source: &mut [DamageSource],
+    kind: DamageSource,
+    draw: impl FnOnce(&mut Vec<f32>),
+) {
+    let before = diff.clone();
+    draw(diff);
+    for ((s, new), old) in source
+        .iter_mut()
+        .zip(diff.chunks_exact(3))
+        .zip(before.chunks_exact(3))
+    {
+        if new != old {
+            *s = kind;
+        }
+    }
+}
+
+/// Gives each damage pixel of `mask` that no drawing is traced to (a blur tail) the source of
+/// the nearest traced pixel within [`TAIL_REACH`], if any.
+fn trace_tails(source: &mut [DamageSource], mask: &Mask, w: usize, h: usize) {
+    let r = TAIL_REACH as isize;
+    let untraced: Vec<usize> = (0..w * h)
+        .filter(|&i| mask.data()[i] && source[i] == DamageSource::None)
+        .collect();
+    let mut found = Vec::with_capacity(untraced.len());
+    for &i in &untraced {
+        let (x, y) = ((i % w) as isize, (i / w) as isize);
+        let mut best: Option<(isize, DamageSource)> = None;
+        for dy in -r..=r {
+            for dx in -r..=r {
+                let (xx, yy) = (x + dx, y + dy);
+                if xx < 0 || yy < 0 || xx >= w as isize || yy >= h as isize {
+                    continue;
+                }
+                let s = source[yy as usize * w + xx as usize];
+                let d = dx * dx + dy * dy;
+                if s != DamageSource::None && best.is_none_or(|(bd, _)| d < bd) {
+                    best = Some((d, s));
+                }
+            }
+        }
+        found.push(best.map_or(DamageSource::None, |(_, s)| s));
+    }
+    for (i, s) in untraced.into_iter().zip(found) {
+        source[i] = s;
+    }
 }
 
 /// A batch of folded inputs `[n, 12, s/2, s/2]` in `[-1, 1]`, targets and loss weights
@@ -1433,6 +1515,41 @@ pub(crate) mod tests {
             let t = ((x * 3 + y * 5 + c * 7) % 11) as f32 / 11.0;
             0.25 + 0.4 * (x as f32 / w as f32) + 0.1 * t
         })
+    }
+
+    #[test]
+    fn every_damage_label_is_traced_to_what_drew_it() {
+        let clean = photo(96, 96);
+        let cracks = TrainAugment {
+            cracks: 1.0,
+            ..TrainAugment::default()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..24 {
+            for augment in [TrainAugment::default(), cracks] {
+                let (s, truth) = synth_parts(&clean, None, seed, true, augment);
+                assert_eq!(truth.source.len(), 96 * 96);
+                for (i, &k) in truth.source.iter().enumerate() {
+                    if s.mask.data()[i] {
+                        // Blur tails included: every label has a source.
+                        assert_ne!(k, DamageSource::None, "seed {seed} pixel {i}");
+                        seen.insert(k);
+                    }
+                }
+                if s.mask.is_empty() {
+                    assert!(truth.source.iter().all(|&k| k == DamageSource::None));
+                }
+            }
+        }
+        for k in [
+            DamageSource::FilmScratch,
+            DamageSource::Crack,
+            DamageSource::Dust,
+            DamageSource::Hair,
+        ] {
+            assert!(seen.contains(&k), "{k:?} never traced: {seen:?}");
+        }
+        assert!(!seen.contains(&DamageSource::FilmDash), "{seen:?}");
     }
 
     #[test]

@@ -15,7 +15,13 @@ from scratch with --scratch. Samples go to a replay buffer on the GPU, and batch
 from it with random horizontal flips, so the GPU need not wait for the CPU; the summary says
 how often each sample was used. Written to --out: NAME.safetensors and NAME.json (the history
 that `train detect --init` carries into the manifest) per network, and summary.json; a lent
-machine returns at most 8 files, so run at most 3 networks when a log is written there too.
+machine returns at most 8 files, so run at most 3 networks when a log is written there too
+(or pack --out into one archive).
+
+Distillation: with --teacher NAME (one of the networks, trained along or frozen with LR 0) and
+--student NAME=ALPHA, the student's loss also has ALPHA times the mean binary cross-entropy of
+its logits against the teacher's probabilities on the same batch (valid pixels only), so a
+network of the shipped size can learn from a larger one what is and is not detectable.
 """
 
 import argparse
@@ -216,6 +222,15 @@ def detect_loss(z, codes, pos_weight, dice_weight, hard_weight, hard_frac):
     return total, bce, dice, hard
 
 
+def distill_loss(z, teacher_z, codes):
+    """Mean BCE of the logits `z` against the probabilities of `teacher_z` (no gradient to the
+    teacher), over the pixels the labels do not ignore."""
+    z = z.float()
+    p = torch.sigmoid(teacher_z.detach().float())
+    valid = (codes != IGNORED).float()
+    return ((F.softplus(z) - z * p) * valid).sum() / valid.sum().clamp(min=1.0)
+
+
 def load_photos(folder, dev):
     """The photos of `folder` as uint8 `[3, h8, w8]` tensors on `dev`, cropped to multiples of 8
     (the untouched photos of `--photo-negatives`)."""
@@ -309,8 +324,12 @@ def main():
     ap.add_argument("--vivid", type=float, default=0.0)
     ap.add_argument("--print", type=float, default=0.0)
     ap.add_argument("--cracks", type=float, default=0.0)
+    ap.add_argument("--brush", type=float, default=0.0)
     ap.add_argument("--photo-negatives", type=int, default=0,
                     help="untouched whole training photos per step for the hard-negative term")
+    ap.add_argument("--teacher", help="NAME of the network whose probabilities the students learn")
+    ap.add_argument("--student", action="append", default=[],
+                    help="NAME=ALPHA: add ALPHA x the distillation loss to NAME's loss (needs --teacher)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--val-count", type=int, default=512)
     ap.add_argument("--report-every", type=float, default=30.0, help="seconds")
@@ -354,9 +373,21 @@ def main():
                      "params": params, "history": [{"seconds": 0.0, "step": 0, **s0}]})
         save_net(net, os.path.join(a.out, f"{name}.safetensors"))
 
+    names = [n["name"] for n in nets]
+    students = {}
+    for spec in a.student:
+        name, alpha = spec.split("=")
+        if name not in names or name == a.teacher:
+            raise ValueError(f"--student {name}: not one of the other networks {names}")
+        students[name] = float(alpha)
+    if students and a.teacher not in names:
+        raise ValueError(f"--teacher {a.teacher}: not one of the networks {names}")
+    # The teacher trains first on each batch so that its logits are there for the students.
+    nets.sort(key=lambda n: n["name"] != a.teacher)
+
     photos = load_photos(os.path.join(a.data, "train"), dev) if a.photo_negatives > 0 else []
     feeder = Feeder(base_cmd + ["--dashes", str(a.dashes), "--vivid", str(a.vivid), "--print", str(a.print),
-                               "--cracks", str(a.cracks)], a.workers, a.threads, crop, a.chunk, a.logdir)
+                               "--cracks", str(a.cracks), "--brush", str(a.brush)], a.workers, a.threads, crop, a.chunk, a.logdir)
     rec = crop * crop * 4
     buf = torch.empty((a.buffer, rec), dtype=torch.uint8, device=dev)
     ring = {"filled": 0, "head": 0, "unique": 0}
@@ -409,15 +440,24 @@ def main():
         frac = elapsed / budget
         picked = [photos[i] for i in torch.randint(0, max(1, len(photos)), (a.photo_negatives,)).tolist()] \
             if photos else []
+        teacher_z = None
         for n in nets:
             lr = n["lr"] * (step + 1) / a.warmup if step < a.warmup else \
                 n["lr"] * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * frac)))
             for g in n["opt"].param_groups:
                 g["lr"] = lr
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            frozen = n["name"] == a.teacher and n["lr"] == 0
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp), \
+                    torch.set_grad_enabled(not frozen):
                 z = n["net"](x)
+            if n["name"] == a.teacher:
+                teacher_z = z.detach()
+                if n["lr"] == 0:
+                    continue
             total, bce, dice, hard = detect_loss(z, codes, a.pos_weight, a.dice_weight,
                                                  a.hard_neg_weight, a.hard_neg_frac)
+            if n["name"] in students:
+                total = total + students[n["name"]] * distill_loss(z, teacher_z, codes)
             if picked and a.hard_neg_weight > 0:
                 total = total + a.hard_neg_weight * photo_negative_loss(
                     n["net"], picked, a.hard_neg_frac, amp)
@@ -457,6 +497,8 @@ def main():
         "sample_uses": step * a.batch,
         "workers": f"{a.workers} x {a.threads} threads",
         "init": None if a.scratch else a.init,
+        "teacher": a.teacher,
+        "students": students,
         "nets": [],
     }
     for n in nets:
