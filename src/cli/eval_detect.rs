@@ -284,22 +284,15 @@ impl ChangeRecall {
 /// damage a detector misses, and whether it misses them where they are bold.
 #[derive(Default)]
 struct KindRecall {
-    /// Per kind name: truth pixels, found ones, faint ones, found faint ones.
-    kinds: BTreeMap<String, [u64; 4]>,
+    /// Per source: truth pixels, found ones, faint ones, found faint ones.
+    counts: BTreeMap<DamageSource, [u64; 4]>,
 }
 
 impl KindRecall {
-    fn add(
-        &mut self,
-        pred: &Mask,
-        truth: &Mask,
-        change: &[f32],
-        source: &[DamageSource],
-        bank: &ArtifactBank,
-    ) {
+    fn add(&mut self, pred: &Mask, truth: &Mask, change: &[f32], source: &[DamageSource]) {
         for (((&t, &p), &d), &k) in truth.data().iter().zip(pred.data()).zip(change).zip(source) {
             if t {
-                let e = self.kinds.entry(k.name(Some(bank))).or_default();
+                let e = self.counts.entry(k).or_default();
                 e[0] += 1;
                 e[1] += u64::from(p);
                 e[2] += u64::from(d < CHANGE_BINS[0]);
@@ -308,6 +301,26 @@ impl KindRecall {
         }
     }
 
+    /// The counts by kind name (artifacts merged by their film-damage category).
+    fn named(&self, bank: &ArtifactBank) -> KindTable {
+        let mut kinds: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+        for (k, c) in &self.counts {
+            let e = kinds.entry(k.name(Some(bank))).or_default();
+            for (a, b) in e.iter_mut().zip(c) {
+                *a += b;
+            }
+        }
+        KindTable { kinds }
+    }
+}
+
+/// [`KindRecall`]'s counts by kind name.
+struct KindTable {
+    /// Per kind name: truth pixels, found ones, faint ones, found faint ones.
+    kinds: BTreeMap<String, [u64; 4]>,
+}
+
+impl KindTable {
     /// Kinds by their share of the truth, largest first.
     fn sorted(&self) -> Vec<(&String, &[u64; 4])> {
         let mut v: Vec<_> = self.kinds.iter().collect();
@@ -603,7 +616,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             sweep.add(p.data(), m);
             let pred = p.threshold(a.sensitivity);
             by_change.add(&pred, m, &changes[k]);
-            by_kind.add(&pred, m, &changes[k], &sources[k], &bank);
+            by_kind.add(&pred, m, &changes[k], &sources[k]);
             tolerant = tolerant.merged(Tolerant::of(&pred, m, 1));
             if let Some(dir) = a.save_masks.as_ref().filter(|_| k < 8) {
                 std::fs::create_dir_all(dir)?;
@@ -638,6 +651,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "  recall by kind (faint: changed by less than {}):",
             CHANGE_BINS[0]
         );
+        let by_kind = by_kind.named(&bank);
         for l in by_kind.lines() {
             println!("    {l}");
         }

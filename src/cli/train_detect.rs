@@ -69,6 +69,11 @@ pub struct AugmentArgs {
     /// mix's 3%; 0 keeps the 3%.
     #[arg(long, default_value_t = 0.0)]
     pub brush: f64,
+    /// Share of the training crops that get a shaded patch of cloth as scene before the damage
+    /// (light or dark convex shapes 20-90 px with shading, folds and weave, like the white
+    /// collars and shirt fronts of old portraits); 0 = none.
+    #[arg(long, default_value_t = 0.0)]
+    pub garments: f64,
 }
 
 impl AugmentArgs {
@@ -80,6 +85,7 @@ impl AugmentArgs {
             ("--print", self.print),
             ("--cracks", self.cracks),
             ("--brush", self.brush),
+            ("--garments", self.garments),
         ] {
             if !(0.0..=1.0).contains(&v) {
                 anyhow::bail!("{name} is a share of the crops, from 0 to 1 (got {v})");
@@ -91,6 +97,7 @@ impl AugmentArgs {
             print: self.print,
             cracks: self.cracks,
             brush: self.brush,
+            garments: self.garments,
         })
     }
 }
@@ -256,7 +263,7 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
              brush strokes and {k} real film-damage artifact cut-outs ({art}, up to {p} per \
              category) at 16-96 px (log-uniform), random rotation, opacity and light/dark \
              colour, faint straight film scratches (30% of crops){dashes}{cracks}, then varied opacity \
-             (x0.4-1), tint and blur (box r 1-2); 12% of crops undamaged{vivid}{print}; whole-crop grey/sepia \
+             (x0.4-1), tint and blur (box r 1-2); 12% of crops undamaged{vivid}{print}{garments}; whole-crop grey/sepia \
              tone, gamma/contrast, then fine or clumped grain. Labels: the visibly changed \
              pixels (see ground_truth). Validation during training: 32 fixed damaged crops of {val}.",
             c = a.crop,
@@ -288,6 +295,11 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
             print = share_note(
                 augment.print,
                 "; printed marks (glyph strokes, flat panels, solid squares) painted into ",
+                " of crops as scene before the damage"
+            ),
+            garments = share_note(
+                augment.garments,
+                "; shaded cloth patches (convex shapes with folds and weave) painted into ",
                 " of crops as scene before the damage"
             ),
         ),

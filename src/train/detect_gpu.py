@@ -325,6 +325,7 @@ def main():
     ap.add_argument("--print", type=float, default=0.0)
     ap.add_argument("--cracks", type=float, default=0.0)
     ap.add_argument("--brush", type=float, default=0.0)
+    ap.add_argument("--garments", type=float, default=0.0)
     ap.add_argument("--photo-negatives", type=int, default=0,
                     help="untouched whole training photos per step for the hard-negative term")
     ap.add_argument("--teacher", help="NAME of the network whose probabilities the students learn")
@@ -387,7 +388,8 @@ def main():
 
     photos = load_photos(os.path.join(a.data, "train"), dev) if a.photo_negatives > 0 else []
     feeder = Feeder(base_cmd + ["--dashes", str(a.dashes), "--vivid", str(a.vivid), "--print", str(a.print),
-                               "--cracks", str(a.cracks), "--brush", str(a.brush)], a.workers, a.threads, crop, a.chunk, a.logdir)
+                               "--cracks", str(a.cracks), "--brush", str(a.brush),
+                               "--garments", str(a.garments)], a.workers, a.threads, crop, a.chunk, a.logdir)
     rec = crop * crop * 4
     buf = torch.empty((a.buffer, rec), dtype=torch.uint8, device=dev)
     ring = {"filled": 0, "head": 0, "unique": 0}
