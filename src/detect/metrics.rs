@@ -26,6 +26,30 @@ impl Counts {
         c
     }
 
+    /// Counts of `pred` against `truth` (same size) in each `side` x `side` tile, row by row
+    /// (the last row and column of tiles may be smaller): items for a [`Bootstrap`] of a few
+    /// large images.
+    pub fn tiled(pred: &Mask, truth: &Mask, side: usize) -> Vec<Self> {
+        let (w, h) = (
+            truth.width().min(pred.width()),
+            truth.height().min(pred.height()),
+        );
+        let side = side.max(1);
+        let mut tiles = Vec::with_capacity(w.div_ceil(side) * h.div_ceil(side));
+        for ty in (0..h).step_by(side) {
+            for tx in (0..w).step_by(side) {
+                let mut c = Self::default();
+                for y in ty..(ty + side).min(h) {
+                    for x in tx..(tx + side).min(w) {
+                        c.add(pred.get(x, y), truth.get(x, y));
+                    }
+                }
+                tiles.push(c);
+            }
+        }
+        tiles
+    }
+
     /// Adds one pixel.
     #[inline]
     pub fn add(&mut self, pred: bool, truth: bool) {
@@ -201,6 +225,55 @@ impl Sweep {
     }
 }
 
+/// Bootstrap resamples of a set of scored items (crops): each resample draws as many items as
+/// the set holds, with replacement. A score pooled over the items (such as the F1 of their summed
+/// counts) recomputed on every resample shows how much it owes to which items were drawn; two
+/// detectors scored on the same items and compared on the same resamples give a paired interval
+/// for their difference, far narrower than the two intervals side by side.
+#[derive(Clone, Debug)]
+pub struct Bootstrap {
+    draws: Vec<Vec<usize>>,
+}
+
+impl Bootstrap {
+    /// `resamples` resamples of `n` items, a function of `seed`.
+    pub fn new(n: usize, resamples: usize, seed: u64) -> Self {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let draws = (0..resamples)
+            .map(|_| (0..n).map(|_| rng.random_range(0..n)).collect())
+            .collect();
+        Self { draws }
+    }
+
+    /// The F1 of the pooled counts of each resample (`items`: one entry per item, in the order
+    /// the resamples index).
+    pub fn f1s(&self, items: &[Counts]) -> Vec<f64> {
+        self.draws
+            .iter()
+            .map(|d| {
+                d.iter()
+                    .filter_map(|&i| items.get(i))
+                    .fold(Counts::default(), |a, &c| a.merged(c))
+                    .f1()
+            })
+            .collect()
+    }
+}
+
+/// The central `level` share of `values` (e.g. 0.95: from the 2.5th to the 97.5th percentile),
+/// by the nearest-rank rule; `(NaN, NaN)` when there are none.
+pub fn percentile_interval(values: &[f64], level: f64) -> (f64, f64) {
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let tail = (1.0 - level.clamp(0.0, 1.0)) / 2.0;
+    let at = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    (at(tail), at(1.0 - tail))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,5 +312,79 @@ mod tests {
         let far = Mask::from_fn(8, 4, |x, _| x == 6);
         let t = Tolerant::of(&far, &truth, 1);
         assert_eq!((t.precision(), t.recall(), t.f1()), (0.0, 0.0, 0.0));
+    }
+
+    fn varied_crops() -> Vec<Counts> {
+        (0..40u64)
+            .map(|i| Counts {
+                tp: 10 + i % 7,
+                fp: 3 + (i * 5) % 11,
+                fn_: 4 + (i * 3) % 9,
+                tn: 1000,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn bootstrap_f1s_spread_around_the_pooled_f1_and_vanish_for_identical_crops() {
+        let crops = varied_crops();
+        let pooled = crops
+            .iter()
+            .fold(Counts::default(), |a, &c| a.merged(c))
+            .f1();
+        let b = Bootstrap::new(crops.len(), 500, 9);
+        let f1s = b.f1s(&crops);
+        assert_eq!(f1s.len(), 500);
+        let (lo, hi) = percentile_interval(&f1s, 0.95);
+        assert!(lo < pooled && pooled < hi, "{lo} {pooled} {hi}");
+        assert!(hi - lo < 0.2, "{lo} {hi}");
+        // Same seed, same resamples.
+        assert_eq!(Bootstrap::new(crops.len(), 500, 9).f1s(&crops), f1s);
+        // Every crop alike: every resample scores the same.
+        let same = vec![crops[0]; 40];
+        let (lo, hi) = percentile_interval(&b.f1s(&same), 0.95);
+        assert!((lo - crops[0].f1()).abs() < 1e-12 && (hi - crops[0].f1()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn paired_resamples_tell_a_detector_better_on_every_crop() {
+        let base = varied_crops();
+        // One more damage pixel found on every crop.
+        let better: Vec<Counts> = base
+            .iter()
+            .map(|c| Counts {
+                tp: c.tp + 1,
+                fn_: c.fn_ - 1,
+                ..*c
+            })
+            .collect();
+        let b = Bootstrap::new(base.len(), 300, 1);
+        let diffs = |x: &[Counts], y: &[Counts]| -> Vec<f64> {
+            b.f1s(x).iter().zip(b.f1s(y)).map(|(p, q)| p - q).collect()
+        };
+        assert!(diffs(&better, &base).iter().all(|&d| d > 0.0));
+        let self_diffs = diffs(&base, &base);
+        assert!(self_diffs.iter().all(|&d| d == 0.0));
+    }
+
+    #[test]
+    fn tiled_counts_cover_every_pixel_once() {
+        let truth = Mask::from_fn(10, 7, |x, y| (x + y) % 3 == 0);
+        let pred = Mask::from_fn(10, 7, |x, y| x % 2 == 0 && y != 4);
+        let tiles = Counts::tiled(&pred, &truth, 4);
+        assert_eq!(tiles.len(), 3 * 2);
+        let total = tiles.iter().fold(Counts::default(), |a, &c| a.merged(c));
+        assert_eq!(total, Counts::of(&pred, &truth));
+        let t = tiles[5];
+        assert_eq!(t.tp + t.fp + t.fn_ + t.tn, 2 * 3);
+    }
+
+    #[test]
+    fn percentile_interval_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile_interval(&v, 0.9), (5.0, 95.0));
+        assert_eq!(percentile_interval(&v, 1.0), (1.0, 100.0));
+        assert_eq!(percentile_interval(&[0.5], 0.95), (0.5, 0.5));
+        assert!(percentile_interval(&[], 0.95).0.is_nan());
     }
 }
