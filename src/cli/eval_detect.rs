@@ -73,7 +73,8 @@ pub struct Args {
     pub weights_dir: Option<PathBuf>,
     /// A second learned detector (folder holding `detect-damage.{safetensors,json}`), scored as
     /// `baseline` on the same crops and scans; the learned one's synthetic and real F1 are then
-    /// compared with its on the same bootstrap resamples (paired intervals for the differences).
+    /// compared with the baseline's on the same bootstrap resamples (paired intervals for the
+    /// differences).
     #[arg(long)]
     pub baseline_dir: Option<PathBuf>,
     /// Bootstrap resamples for the F1 intervals: of the synthetic crops, and of the 128 px tiles
@@ -673,11 +674,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     // The same resamples for every detector, so that differences are paired.
     let bootstrap = Bootstrap::new(items.len(), a.resamples, 0xb007);
-    let real_tiles: usize = triplets
-        .iter()
-        .map(|t| t.mask.width().div_ceil(REAL_TILE) * t.mask.height().div_ceil(REAL_TILE))
-        .sum();
-    let real_bootstrap = Bootstrap::new(real_tiles, a.resamples, 0x7ea1);
+    // Sized by the first detector's tiles (every detector tiles the same scans).
+    let mut real_bootstrap: Option<Bootstrap> = None;
     let mut resampled_f1: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     let mut resampled_real_f1: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for (name, det) in &dets {
@@ -766,7 +764,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let mut total = Counts::default();
             let mut total_tol = Tolerant::default();
             let mut total_sweep = Sweep::default();
-            let mut tiles = Vec::with_capacity(real_tiles);
+            let mut tiles = Vec::new();
             let mut per = serde_json::Map::new();
             for Triplet {
                 id,
@@ -778,8 +776,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 let p = probs(det.as_ref(), img)?;
                 total_sweep.add(p.data(), m);
                 let pred = p.threshold(a.sensitivity);
-                let c = Counts::of(&pred, m);
-                tiles.extend(Counts::tiled(&pred, m, REAL_TILE));
+                let scan_tiles = Counts::tiled(&pred, m, REAL_TILE);
+                let c = scan_tiles
+                    .iter()
+                    .fold(Counts::default(), |t, &c| t.merged(c));
+                tiles.extend(scan_tiles);
                 total = total.merged(c);
                 total_tol = total_tol.merged(Tolerant::of(&pred, m, 1));
                 println!(
@@ -800,7 +801,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
             let (bl, bc) = total_sweep.best_f1();
             println!("{}", line("real, all three", &total));
-            let f1s = real_bootstrap.f1s(&tiles);
+            let f1s = real_bootstrap
+                .get_or_insert_with(|| Bootstrap::new(tiles.len(), a.resamples, 0x7ea1))
+                .f1s(&tiles);
             let interval = percentile_interval(&f1s, 0.95);
             if a.resamples > 0 {
                 println!(

@@ -400,11 +400,11 @@ fn printed_marks(img: &mut ImageF32, seed: u64, rate: f64) {
 /// Paints a patch of cloth into a clean crop as part of its scene, like the white collars and
 /// shirt fronts of old portraits, which BSDS500's natural photos rarely show (every detector
 /// trained on from stage 9 that was checked took a girl's white collar in the old photos for a
-/// stain, and the shipped one a boy's shirt V): with probability `rate`, one or two random convex polygons (3 to 6 corners) in a
-/// box of 20 to 90 px, filled with one light colour (four in five; else dark) that carries the
-/// cloth's look: a gentle shading gradient across the patch, 1 to 3 soft folds (darker bands
-/// 2 to 6 px wide), and fine weave noise; its outline is anti-aliased. A stain or brush stroke
-/// in the damage is flat; cloth is shaded. The patch is scene, never damage: the labels are
+/// stain, and the shipped one a boy's shirt V): with probability `rate`, one or two random convex
+/// polygons (3 to 6 corners) in a box of 20 to 90 px, filled with one light colour (four in five;
+/// else dark) that carries the cloth's look: a gentle shading gradient across the patch, 1 to 3
+/// soft folds (darker bands 2 to 6 px wide), and fine weave noise; its outline is anti-aliased.
+/// A stain or brush stroke in the damage is flat; cloth is shaded. The patch is scene, never damage: the labels are
 /// measured against the crop with it.
 fn garment_patch(img: &mut ImageF32, seed: u64, rate: f64) {
     let (w, h) = (img.width(), img.height());
