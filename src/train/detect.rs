@@ -293,7 +293,13 @@ pub struct TrainAugment {
     /// Share of the crops that get a shaded garment patch (a white collar or shirt front) as
     /// part of the scene before the damage ([`garment_patch`]).
     pub garments: f64,
+    /// Smallest box side of a garment patch in pixels; the box is drawn from this to 70 px
+    /// more ([`GARMENT_MIN_SIDE`] and up; the default 0 means [`GARMENT_MIN_SIDE`]).
+    pub garment_min: f32,
 }
+
+/// Smallest box side of a garment patch (the first `--garments` networks drew 20 to 90 px).
+pub const GARMENT_MIN_SIDE: f32 = 20.0;
 
 /// Paints printed marks into a clean crop as part of its scene, like the lettering and graphics
 /// of packaging, signs and captions, which BSDS500's natural photos rarely show (the learned
@@ -401,18 +407,21 @@ fn printed_marks(img: &mut ImageF32, seed: u64, rate: f64) {
 /// shirt fronts of old portraits, which BSDS500's natural photos rarely show (every detector
 /// trained on from stage 9 that was checked took a girl's white collar in the old photos for a
 /// stain, and the shipped one a boy's shirt V): with probability `rate`, one or two random convex
-/// polygons (3 to 6 corners) in a box of 20 to 90 px, filled with one light colour (four in five;
-/// else dark) that carries the cloth's look: a gentle shading gradient across the patch, 1 to 3
-/// soft folds (darker bands 2 to 6 px wide), and fine weave noise; its outline is anti-aliased.
-/// A stain or brush stroke in the damage is flat; cloth is shaded. The patch is scene, never damage: the labels are
-/// measured against the crop with it.
-fn garment_patch(img: &mut ImageF32, seed: u64, rate: f64) {
+/// polygons (3 to 6 corners) in a box of `min_side` to `min_side + 70` px (`min_side` at least
+/// [`GARMENT_MIN_SIDE`]; at 20 to 90 px the smaller patches look like the round white blobs of
+/// the `dots` artifacts, which the first garment networks then missed), filled with one light
+/// colour (four in five; else dark) that carries the cloth's look: a gentle shading gradient
+/// across the patch, 1 to 3 soft folds (darker bands 2 to 6 px wide), and fine weave noise; its
+/// outline is anti-aliased. A stain or brush stroke in the damage is flat; cloth is shaded. The
+/// patch is scene, never damage: the labels are measured against the crop with it.
+fn garment_patch(img: &mut ImageF32, seed: u64, rate: f64, min_side: f32) {
     let (w, h) = (img.width(), img.height());
     let mut rng = StdRng::seed_from_u64(seed);
     if img.channels() != 3 || w < 24 || h < 24 || rate <= 0.0 || !rng.random_bool(rate.min(1.0)) {
         return;
     }
-    let side = rng.random_range(20.0..90.0f32).min(w.min(h) as f32);
+    let lo = min_side.max(GARMENT_MIN_SIDE);
+    let side = rng.random_range(lo..lo + 70.0).min(w.min(h) as f32);
     let (bx, by) = (
         rng.random_range(-side * 0.3..w as f32 - side * 0.7),
         rng.random_range(-side * 0.3..h as f32 - side * 0.7),
@@ -1053,7 +1062,12 @@ pub fn synth_items(
             let mut clean = source.crop(&mut rng, crop)?;
             vivid_colours(&mut clean, mix(s, 0x0b01_d5ce), augment.vivid);
             printed_marks(&mut clean, mix(s, 0x9e1c_7e25), augment.print);
-            garment_patch(&mut clean, mix(s, 0x6a57_c0de), augment.garments);
+            garment_patch(
+                &mut clean,
+                mix(s, 0x6a57_c0de),
+                augment.garments,
+                augment.garment_min,
+            );
             Ok(synth_sample_train(&clean, bank, s ^ 0xd37, augment))
         })
         .collect()
@@ -1978,7 +1992,10 @@ pub(crate) mod tests {
     #[test]
     fn garment_patches_are_shaded_cloth_painted_into_about_their_share_of_crops() {
         let img = ImageF32::from_fn(96, 96, 3, |_, _, _| 0.5);
-        for (seed, out) in painted_crops(&img, garment_patch) {
+        let default_size: fn(&mut ImageF32, u64, f64) = |img, seed, rate| {
+            garment_patch(img, seed, rate, 0.0);
+        };
+        for (seed, out) in painted_crops(&img, default_size) {
             // The patch: one blob, never the whole crop (the grey background is exactly 0.5).
             let changed =
                 |x: usize, y: usize| (0..3).any(|c| out.data()[(y * 96 + x) * 3 + c] != 0.5);
@@ -2003,6 +2020,34 @@ pub(crate) mod tests {
                 inner.len()
             );
         }
+    }
+
+    #[test]
+    fn larger_garment_boxes_paint_larger_patches() {
+        let img = ImageF32::from_fn(128, 128, 3, |_, _, _| 0.5);
+        let sizes = |min_side: f32| -> Vec<usize> {
+            (0..60)
+                .map(|seed| {
+                    let mut out = img.clone();
+                    garment_patch(&mut out, seed, 1.0, min_side);
+                    out.data()
+                        .chunks(3)
+                        .filter(|px| px.iter().any(|&v| v != 0.5))
+                        .count()
+                })
+                .collect()
+        };
+        let (small, large) = (sizes(0.0), sizes(50.0));
+        assert_eq!(small, sizes(GARMENT_MIN_SIDE), "0 means the default");
+        // Boxes of 50 px and more hold polygons of radius 15 px and more, mostly inside.
+        assert!(large.iter().all(|&n| n >= 150), "{large:?}");
+        let mean = |v: &[usize]| v.iter().sum::<usize>() as f64 / v.len() as f64;
+        assert!(
+            mean(&large) > 1.5 * mean(&small),
+            "{} vs {}",
+            mean(&large),
+            mean(&small)
+        );
     }
 
     #[test]
