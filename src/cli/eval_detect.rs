@@ -777,9 +777,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 total_sweep.add(p.data(), m);
                 let pred = p.threshold(a.sensitivity);
                 let scan_tiles = Counts::tiled(&pred, m, REAL_TILE);
-                let c = scan_tiles
-                    .iter()
-                    .fold(Counts::default(), |t, &c| t.merged(c));
+                let c: Counts = scan_tiles.iter().sum();
                 tiles.extend(scan_tiles);
                 total = total.merged(c);
                 total_tol = total_tol.merged(Tolerant::of(&pred, m, 1));

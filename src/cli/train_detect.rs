@@ -217,6 +217,7 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
     let dev = Device::Cpu;
     let started = std::time::Instant::now();
     let augment = a.augment.augment()?;
+    let sides = crate::train::detect::garment_sides(augment.garment_min);
     let runs_dir = a
         .resume
         .runs_dir(&a.out, a.runs.as_ref(), "detect-damage")?;
@@ -314,8 +315,7 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
                 "; shaded cloth patches (convex shapes with folds and weave) painted into ",
                 &format!(
                     " of crops as scene before the damage (boxes of {:.0}-{:.0} px)",
-                    augment.garment_min,
-                    augment.garment_min + 70.0
+                    sides.start, sides.end
                 )
             ),
         ),

@@ -110,6 +110,13 @@ fn ratio(a: u64, b: u64) -> f64 {
     }
 }
 
+/// The counts of several crops or tiles pooled, as [`Counts::merged`] one after the other.
+impl<'a> std::iter::Sum<&'a Counts> for Counts {
+    fn sum<I: Iterator<Item = &'a Counts>>(iter: I) -> Self {
+        iter.fold(Self::default(), |a, &c| a.merged(c))
+    }
+}
+
 /// Scores with a spatial tolerance: a flagged pixel counts as right when damage lies within
 /// `r` pixels of it, and a damage pixel as found when something within `r` pixels of it is
 /// flagged (boundary-tolerant precision and recall, as used for thin-structure segmentation).
@@ -251,12 +258,7 @@ impl Bootstrap {
     pub fn f1s(&self, items: &[Counts]) -> Vec<f64> {
         self.draws
             .iter()
-            .map(|d| {
-                d.iter()
-                    .filter_map(|&i| items.get(i))
-                    .fold(Counts::default(), |a, &c| a.merged(c))
-                    .f1()
-            })
+            .map(|d| d.iter().filter_map(|&i| items.get(i)).sum::<Counts>().f1())
             .collect()
     }
 }
@@ -328,10 +330,7 @@ mod tests {
     #[test]
     fn bootstrap_f1s_spread_around_the_pooled_f1_and_vanish_for_identical_crops() {
         let crops = varied_crops();
-        let pooled = crops
-            .iter()
-            .fold(Counts::default(), |a, &c| a.merged(c))
-            .f1();
+        let pooled = crops.iter().sum::<Counts>().f1();
         let b = Bootstrap::new(crops.len(), 500, 9);
         let f1s = b.f1s(&crops);
         assert_eq!(f1s.len(), 500);
@@ -373,7 +372,7 @@ mod tests {
         let pred = Mask::from_fn(10, 7, |x, y| x % 2 == 0 && y != 4);
         let tiles = Counts::tiled(&pred, &truth, 4);
         assert_eq!(tiles.len(), 3 * 2);
-        let total = tiles.iter().fold(Counts::default(), |a, &c| a.merged(c));
+        let total: Counts = tiles.iter().sum();
         assert_eq!(total, Counts::of(&pred, &truth));
         let t = tiles[5];
         assert_eq!(t.tp + t.fp + t.fn_ + t.tn, 2 * 3);

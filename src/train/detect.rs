@@ -301,6 +301,13 @@ pub struct TrainAugment {
 /// Smallest box side of a garment patch (the first `--garments` networks drew 20 to 90 px).
 pub const GARMENT_MIN_SIDE: f32 = 20.0;
 
+/// The box sides a garment patch draws from for `min_side`: from it (at least
+/// [`GARMENT_MIN_SIDE`]) to 70 px more.
+pub fn garment_sides(min_side: f32) -> std::ops::Range<f32> {
+    let lo = min_side.max(GARMENT_MIN_SIDE);
+    lo..lo + 70.0
+}
+
 /// Paints printed marks into a clean crop as part of its scene, like the lettering and graphics
 /// of packaging, signs and captions, which BSDS500's natural photos rarely show (the learned
 /// detector took the bold print and sprocket squares of film boxes in the real film-damage
@@ -407,21 +414,22 @@ fn printed_marks(img: &mut ImageF32, seed: u64, rate: f64) {
 /// shirt fronts of old portraits, which BSDS500's natural photos rarely show (every detector
 /// trained on from stage 9 that was checked took a girl's white collar in the old photos for a
 /// stain, and the shipped one a boy's shirt V): with probability `rate`, one or two random convex
-/// polygons (3 to 6 corners) in a box of `min_side` to `min_side + 70` px (`min_side` at least
-/// [`GARMENT_MIN_SIDE`]; at 20 to 90 px the smaller patches look like the round white blobs of
-/// the `dots` artifacts, which the first garment networks then missed), filled with one light
-/// colour (four in five; else dark) that carries the cloth's look: a gentle shading gradient
-/// across the patch, 1 to 3 soft folds (darker bands 2 to 6 px wide), and fine weave noise; its
-/// outline is anti-aliased. A stain or brush stroke in the damage is flat; cloth is shaded. The
-/// patch is scene, never damage: the labels are measured against the crop with it.
+/// polygons (3 to 6 corners) in a box of [`garment_sides`] (at the default, 20 to 90 px, the
+/// smaller patches look like the round white blobs of the `dots` artifacts, which the first
+/// garment networks then missed), filled with one light colour (four in five; else dark) that
+/// carries the cloth's look: a gentle shading gradient across the patch, 1 to 3 soft folds
+/// (darker bands 2 to 6 px wide), and fine weave noise; its outline is anti-aliased. A stain or
+/// brush stroke in the damage is flat; cloth is shaded. The patch is scene, never damage: the
+/// labels are measured against the crop with it.
 fn garment_patch(img: &mut ImageF32, seed: u64, rate: f64, min_side: f32) {
     let (w, h) = (img.width(), img.height());
     let mut rng = StdRng::seed_from_u64(seed);
     if img.channels() != 3 || w < 24 || h < 24 || rate <= 0.0 || !rng.random_bool(rate.min(1.0)) {
         return;
     }
-    let lo = min_side.max(GARMENT_MIN_SIDE);
-    let side = rng.random_range(lo..lo + 70.0).min(w.min(h) as f32);
+    let side = rng
+        .random_range(garment_sides(min_side))
+        .min(w.min(h) as f32);
     let (bx, by) = (
         rng.random_range(-side * 0.3..w as f32 - side * 0.7),
         rng.random_range(-side * 0.3..h as f32 - side * 0.7),
