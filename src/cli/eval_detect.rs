@@ -13,7 +13,9 @@ use rand::SeedableRng;
 
 use super::detect::run_detection;
 use crate::detect::classical::{Classical, ClassicalParams};
-use crate::detect::metrics::{percentile_interval, Bootstrap, Counts, Sweep, Tolerant};
+use crate::detect::metrics::{
+    percentile_interval, Bootstrap, Counts, Defects, Sweep, Tolerant, DEFECT_SIZE_BINS,
+};
 use crate::detect::{detect, threshold_level, Detector, ProbMap, TileOptions};
 use crate::imaging::{load_image, ImageF32, Mask};
 use crate::models::registry::Registry;
@@ -268,6 +270,61 @@ fn tol_line(label: &str, t: &Tolerant) -> String {
         t.precision(),
         t.recall(),
         t.f1()
+    )
+}
+
+fn defects_json(d: &Defects) -> serde_json::Value {
+    serde_json::json!({
+        "precision": d.precision(),
+        "recall": d.recall(),
+        "f1": d.f1(),
+        "defects": d.defects.iter().sum::<u64>(),
+        "found": d.found.iter().sum::<u64>(),
+        "touched": d.touched.iter().sum::<u64>(),
+        "flags": d.flags,
+        "false_alarms": d.false_alarms(),
+        "recall_by_size": defect_size_labels()
+            .iter()
+            .enumerate()
+            .map(|(k, l)| (l.clone(), serde_json::json!({"defects": d.defects[k], "recall": d.recall_of_size(k)})))
+            .collect::<serde_json::Map<_, _>>(),
+    })
+}
+
+/// Names of the defect-size bins of [`Defects`]: "<= 10 px", "11-100 px", "> 100 px".
+fn defect_size_labels() -> Vec<String> {
+    let mut labels = Vec::with_capacity(DEFECT_SIZE_BINS.len() + 1);
+    let mut low = 1;
+    for top in DEFECT_SIZE_BINS {
+        labels.push(if low == 1 {
+            format!("<= {top} px")
+        } else {
+            format!("{low}-{top} px")
+        });
+        low = top + 1;
+    }
+    labels.push(format!("> {} px", low - 1));
+    labels
+}
+
+fn defects_line(label: &str, d: &Defects) -> String {
+    let sizes: Vec<String> = defect_size_labels()
+        .iter()
+        .enumerate()
+        .map(|(k, l)| format!("{l}: {} R {:.3}", d.defects[k], d.recall_of_size(k)))
+        .collect();
+    format!(
+        "  {label:<34} P {:.3}  R {:.3}  F1 {:.3}  ({} of {} defects found, {:.1}% touched; {} \
+         false alarms of {} flags; recall by size {})",
+        d.precision(),
+        d.recall(),
+        d.f1(),
+        d.found.iter().sum::<u64>(),
+        d.defects.iter().sum::<u64>(),
+        100.0 * d.touched_share(),
+        d.false_alarms(),
+        d.flags,
+        sizes.join(", ")
     )
 }
 
@@ -681,6 +738,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     for (name, det) in &dets {
         let start = Instant::now();
         let mut per_crop = Vec::with_capacity(items.len());
+        let mut defects_per_crop = Vec::with_capacity(items.len());
         let mut sweep = Sweep::default();
         let mut dilated = Counts::default();
         let mut tolerant = Tolerant::default();
@@ -706,8 +764,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     None,
                 )?;
             }
+            let proposal = p.mask(a.sensitivity, crate::detect::DEFAULT_DILATION);
+            defects_per_crop.push(Defects::of(&proposal, m, crate::detect::DEFAULT_DILATION));
             dilated = dilated.merged(Counts::of(
-                &p.mask(a.sensitivity, crate::detect::DEFAULT_DILATION),
+                &proposal,
                 &m.dilate(crate::detect::DEFAULT_DILATION),
             ));
         }
@@ -730,6 +790,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         resampled_f1.insert(name.as_str(), f1s);
         println!("{}", line("synthetic, both masks dilated 2 px", &dilated));
         println!("{}", tol_line("synthetic, 1 px tolerance", &tolerant));
+        let defects: Defects = defects_per_crop.iter().sum();
+        println!("{}", defects_line("synthetic defects", &defects));
+        let defect_f1s = bootstrap.pooled(&defects_per_crop, |d: Defects| d.f1());
+        let defect_interval = percentile_interval(&defect_f1s, 0.95);
+        if a.resamples > 0 {
+            println!(
+                "  synthetic defect F1, 95% interval over the same resamples: {:.3}-{:.3}",
+                defect_interval.0, defect_interval.1
+            );
+        }
         println!(
             "{}  (at sensitivity {:.2})",
             line("synthetic, best threshold", &best),
@@ -756,6 +826,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         entry.insert("synthetic_recall_by_kind".into(), by_kind.json());
         entry.insert("synthetic_dilated_2px".into(), counts_json(&dilated));
         entry.insert("synthetic_tolerant_1px".into(), tol_json(&tolerant));
+        entry.insert("synthetic_defects".into(), defects_json(&defects));
+        if a.resamples > 0 {
+            entry.insert(
+                "synthetic_defect_f1_interval_95".into(),
+                serde_json::json!([defect_interval.0, defect_interval.1]),
+            );
+        }
         entry.insert(
             "synthetic_best".into(),
             serde_json::json!({"sensitivity": 1.0 - f32::from(best_level) / 255.0, "scores": counts_json(&best)}),
@@ -763,6 +840,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         if !a.synthetic_only {
             let mut total = Counts::default();
             let mut total_tol = Tolerant::default();
+            let mut total_defects = Defects::default();
             let mut total_sweep = Sweep::default();
             let mut tiles = Vec::new();
             let mut per = serde_json::Map::new();
@@ -781,6 +859,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 tiles.extend(scan_tiles);
                 total = total.merged(c);
                 total_tol = total_tol.merged(Tolerant::of(&pred, m, 1));
+                let proposal = p.mask(a.sensitivity, crate::detect::DEFAULT_DILATION);
+                total_defects = total_defects.merged(Defects::of(
+                    &proposal,
+                    m,
+                    crate::detect::DEFAULT_DILATION,
+                ));
                 println!(
                     "{}  (truth {:.2}% of pixels, flagged {:.2}%)",
                     line(&format!("real {id}"), &c),
@@ -791,7 +875,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 if let Some(dir) = &a.save_masks {
                     std::fs::create_dir_all(dir)?;
                     crate::imaging::io::save_mask(
-                        &p.mask(a.sensitivity, crate::detect::DEFAULT_DILATION),
+                        &proposal,
                         &dir.join(format!("{name}_{id}.png")),
                         None,
                     )?;
@@ -819,6 +903,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             }
             resampled_real_f1.insert(name.as_str(), f1s);
             println!("{}", tol_line("real, 1 px tolerance", &total_tol));
+            println!("{}", defects_line("real defects", &total_defects));
             println!(
                 "{}  (at sensitivity {:.2})",
                 line("real, best threshold", &bc),
@@ -826,6 +911,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             );
             entry.insert("real_triplets".into(), counts_json(&total));
             entry.insert("real_triplets_tolerant_1px".into(), tol_json(&total_tol));
+            entry.insert("real_triplets_defects".into(), defects_json(&total_defects));
             entry.insert("real_triplets_each".into(), serde_json::Value::Object(per));
             entry.insert(
                 "real_triplets_best".into(),
@@ -835,6 +921,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let val_dir = photos_dir.clone();
             let mut fp = Counts::default();
             let mut fp_dil = Counts::default();
+            let mut clean_flags = 0u64;
             let mut n = 0;
             let mut entries: Vec<PathBuf> = std::fs::read_dir(&val_dir)
                 .with_context(|| format!("reading {}", val_dir.display()))?
@@ -850,11 +937,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 let img = load_image(path)?.pixels;
                 let p = probs(det.as_ref(), &img)?;
                 let none = Mask::new(img.width(), img.height());
+                let proposal = p.mask(a.sensitivity, crate::detect::DEFAULT_DILATION);
                 fp = fp.merged(Counts::of(&p.threshold(a.sensitivity), &none));
-                fp_dil = fp_dil.merged(Counts::of(
-                    &p.mask(a.sensitivity, crate::detect::DEFAULT_DILATION),
-                    &none,
-                ));
+                fp_dil = fp_dil.merged(Counts::of(&proposal, &none));
+                clean_flags += Defects::of(&proposal, &none, 0).false_alarms();
                 n += 1;
             }
             println!(
@@ -863,6 +949,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 val_dir.display(),
                 100.0 * fp.false_positive_rate(),
                 100.0 * fp_dil.false_positive_rate()
+            );
+            let clean_mp = (fp.fp + fp.tn) as f64 / 1e6;
+            println!(
+                "  clean photos: {clean_flags} false alarms (regions of the default proposal), \
+                 {:.2} per photo, {:.1} per megapixel",
+                clean_flags as f64 / n.max(1) as f64,
+                clean_flags as f64 / clean_mp.max(1e-9)
+            );
+            entry.insert(
+                "clean_false_alarms_per_megapixel".into(),
+                serde_json::json!(clean_flags as f64 / clean_mp.max(1e-9)),
             );
             entry.insert(
                 "clean_false_positive_fraction".into(),
@@ -919,6 +1016,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "sensitivity": a.sensitivity,
         "synthetic": format!("{} crops of {} px from {} (seeded 2024), damage by train::detect::synth_sample_full with artifacts chosen by seed 1234 (40 per category); mean damage {:.2}% of pixels", items.len(), a.crop, photos_dir.display(), 100.0 * coverage),
         "synthetic_truth": format!("pixels the composited damage changed by more than {VISIBLE_CHANGE} (max over channels, after tone, before grain); faint changes count as clean; footprint {:.2}% of pixels, {:.1}% of it changed by less than 0.03", 100.0 * frac(label_stats.footprint, label_stats.pixels), 100.0 * frac(label_stats.footprint_below_003, label_stats.footprint)),
+        "defects": format!("defect level, on the default proposal (sensitivity, then {d} px dilation): damage regions that touch once grown by {d} px are one defect, found when the proposal covers at least {} of its damage pixels; each 8-connected region of the proposal is a flag, right when it covers a damage pixel, else a false alarm", Defects::COVER, d = crate::detect::DEFAULT_DILATION),
         "tolerant_1px": "a flagged pixel is right when damage lies within 1 px of it; a damage pixel is found when a flagged pixel lies within 1 px of it",
         "real": "film-damage triplets (3 scans), masks resized to the scans (bilinear, > 127)",
         "clean": format!("{} untouched", photos_dir.display()),
@@ -967,6 +1065,18 @@ mod tests {
             (same.mean, same.interval, same.ahead),
             (0.0, (0.0, 0.0), 0.0)
         );
+    }
+
+    #[test]
+    fn defect_size_labels_name_the_bins_of_the_counts() {
+        let labels = defect_size_labels();
+        assert_eq!(labels, ["<= 10 px", "11-100 px", "> 100 px"]);
+        assert_eq!(labels.len(), Defects::default().defects.len());
+        let truth = Mask::from_fn(20, 20, |x, y| y == 3 && x < 15);
+        let json = defects_json(&Defects::of(&truth, &truth, 2));
+        assert_eq!(json["found"], 1);
+        assert_eq!(json["recall_by_size"]["11-100 px"]["defects"], 1);
+        assert_eq!(json["false_alarms"], 0);
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! Pixel-level scores of a proposed mask against the true damage: precision, recall, F1, IoU
-//! and the fraction of clean pixels falsely flagged.
+//! Scores of a proposed mask against the true damage: pixel-level precision, recall, F1, IoU
+//! and the fraction of clean pixels falsely flagged, and defect-level counts (how many of the
+//! defects the proposal covers, how many of its regions are false alarms).
 
 use crate::imaging::Mask;
+use crate::restore::pipeline::components;
 
 /// Pixel counts of a prediction against the truth.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -174,12 +176,126 @@ impl Tolerant {
 
     /// Harmonic mean of the tolerant precision and recall.
     pub fn f1(&self) -> f64 {
-        let (p, r) = (self.precision(), self.recall());
-        if p + r == 0.0 {
-            0.0
-        } else {
-            2.0 * p * r / (p + r)
+        harmonic(self.precision(), self.recall())
+    }
+}
+
+/// Upper bounds (pixels, inclusive) of the defect-size bins of [`Defects`]; the last bin holds
+/// every larger defect.
+pub const DEFECT_SIZE_BINS: [usize; 2] = [10, 100];
+
+/// Defect-level counts, what a user of the proposal sees: damage pixels closer than a grouping
+/// distance form one defect (a faint scratch whose visible change breaks into dashes is one
+/// scratch), each 8-connected region of the proposal is one flag. A defect is *found* when the
+/// proposal covers at least [`Defects::COVER`] of its damage pixels (enough for a repair to
+/// take most of it); a flag is *right* when it covers at least one damage pixel, and a false
+/// alarm (a region the user has to erase) otherwise. Pixel-level scores stay the measure of how
+/// well the proposal fits; these say how many defects it leaves and how many spots it invents.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Defects {
+    /// Defects in the truth, by their damage pixels (see [`DEFECT_SIZE_BINS`]).
+    pub defects: [u64; 3],
+    /// Of those, the ones found.
+    pub found: [u64; 3],
+    /// Of those, the ones the proposal covers at least one pixel of (found or partly flagged:
+    /// the user sees them and can brush in the rest).
+    pub touched: [u64; 3],
+    /// Regions of the proposal.
+    pub flags: u64,
+    /// Regions of the proposal that cover damage.
+    pub flags_on_damage: u64,
+}
+
+impl Defects {
+    /// Share of a defect's pixels the proposal must cover for the defect to count as found.
+    pub const COVER: f64 = 0.5;
+
+    /// Counts of `proposal` against `truth` (same size; extra pixels of either are ignored).
+    /// Damage regions that touch once grown by `group` pixels (gaps of up to `2 * group` clean
+    /// pixels, what one stroke of a proposal grown by `group` bridges) are one defect; 0 makes
+    /// each 8-connected region one.
+    pub fn of(proposal: &Mask, truth: &Mask, group: usize) -> Self {
+        let (w, h) = (
+            truth.width().min(proposal.width()),
+            truth.height().min(proposal.height()),
+        );
+        // Both masks cut to the common size, so that pixel indices agree.
+        let fit = |m: &Mask| Mask::from_fn(w, h, |x, y| m.get(x, y));
+        let (proposal, truth) = (fit(proposal), fit(truth));
+        let mut c = Self::default();
+        for grown in components(&truth.dilate(group)) {
+            let defect: Vec<usize> = grown.into_iter().filter(|&i| truth.data()[i]).collect();
+            let bin = DEFECT_SIZE_BINS
+                .iter()
+                .position(|&top| defect.len() <= top)
+                .unwrap_or(DEFECT_SIZE_BINS.len());
+            let covered = defect.iter().filter(|&&i| proposal.data()[i]).count();
+            c.defects[bin] += 1;
+            c.found[bin] += u64::from(covered as f64 >= Self::COVER * defect.len() as f64);
+            c.touched[bin] += u64::from(covered > 0);
         }
+        for flag in components(&proposal) {
+            c.flags += 1;
+            c.flags_on_damage += u64::from(flag.iter().any(|&i| truth.data()[i]));
+        }
+        c
+    }
+
+    /// Sum of two.
+    pub fn merged(self, o: Self) -> Self {
+        let add = |a: [u64; 3], b: [u64; 3]| std::array::from_fn(|k| a[k] + b[k]);
+        Self {
+            defects: add(self.defects, o.defects),
+            found: add(self.found, o.found),
+            touched: add(self.touched, o.touched),
+            flags: self.flags + o.flags,
+            flags_on_damage: self.flags_on_damage + o.flags_on_damage,
+        }
+    }
+
+    /// Flags that cover damage (1 when nothing is flagged).
+    pub fn precision(&self) -> f64 {
+        ratio(self.flags_on_damage, self.flags)
+    }
+
+    /// Defects found, of every size (1 when there is no damage).
+    pub fn recall(&self) -> f64 {
+        ratio(self.found.iter().sum(), self.defects.iter().sum())
+    }
+
+    /// Defects of every size the proposal covers at least one pixel of.
+    pub fn touched_share(&self) -> f64 {
+        ratio(self.touched.iter().sum(), self.defects.iter().sum())
+    }
+
+    /// Defects found among those of size bin `bin` (see [`DEFECT_SIZE_BINS`]).
+    pub fn recall_of_size(&self, bin: usize) -> f64 {
+        ratio(self.found[bin], self.defects[bin])
+    }
+
+    /// Harmonic mean of the defect-level precision and recall.
+    pub fn f1(&self) -> f64 {
+        harmonic(self.precision(), self.recall())
+    }
+
+    /// Flags that cover no damage.
+    pub fn false_alarms(&self) -> u64 {
+        self.flags - self.flags_on_damage
+    }
+}
+
+/// The counts of several crops pooled, as [`Defects::merged`] one after the other.
+impl<'a> std::iter::Sum<&'a Defects> for Defects {
+    fn sum<I: Iterator<Item = &'a Defects>>(iter: I) -> Self {
+        iter.fold(Self::default(), |a, &c| a.merged(c))
+    }
+}
+
+fn harmonic(p: f64, r: f64) -> f64 {
+    if p + r == 0.0 {
+        0.0
+    } else {
+        2.0 * p * r / (p + r)
     }
 }
 
@@ -256,9 +372,18 @@ impl Bootstrap {
     /// The F1 of the pooled counts of each resample (`items`: one entry per item, in the order
     /// the resamples index).
     pub fn f1s(&self, items: &[Counts]) -> Vec<f64> {
+        self.pooled(items, |c: Counts| c.f1())
+    }
+
+    /// `score` of the pooled items of each resample (`items`: one entry per item, in the order
+    /// the resamples index), for counts of any kind that add up ([`Counts`], [`Defects`]).
+    pub fn pooled<T>(&self, items: &[T], score: impl Fn(T) -> f64) -> Vec<f64>
+    where
+        T: for<'a> std::iter::Sum<&'a T>,
+    {
         self.draws
             .iter()
-            .map(|d| d.iter().filter_map(|&i| items.get(i)).sum::<Counts>().f1())
+            .map(|d| score(d.iter().filter_map(|&i| items.get(i)).sum::<T>()))
             .collect()
     }
 }
@@ -314,6 +439,75 @@ mod tests {
         let far = Mask::from_fn(8, 4, |x, _| x == 6);
         let t = Tolerant::of(&far, &truth, 1);
         assert_eq!((t.precision(), t.recall(), t.f1()), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn defects_count_found_defects_by_size_and_false_alarms() {
+        // Truth: a 3 px speck, a 20 px line and a 12x12 blot (144 px), apart.
+        let truth = Mask::from_fn(40, 30, |x, y| {
+            (y == 1 && x < 3)
+                || (x == 10 && (5..25).contains(&y))
+                || (x >= 20 && x < 32 && y >= 10 && y < 22)
+        });
+        // Proposal: none of the speck, 9 of the line's 20 pixels (not half), a 2 px wider
+        // blot (a dilated cover: still one right flag), and two spots on clean pixels.
+        let proposal = Mask::from_fn(40, 30, |x, y| {
+            (x == 10 && (5..14).contains(&y))
+                || (x >= 18 && x < 34 && y >= 8 && y < 24)
+                || (x == 2 && y == 28)
+                || (x == 38 && y == 1)
+        });
+        let d = Defects::of(&proposal, &truth, 0);
+        assert_eq!(d.defects, [1, 1, 1]);
+        assert_eq!(d.found, [0, 0, 1]);
+        assert_eq!(d.touched, [0, 1, 1]);
+        assert!((d.touched_share() - 2.0 / 3.0).abs() < 1e-12);
+        assert_eq!((d.flags, d.flags_on_damage, d.false_alarms()), (4, 2, 2));
+        assert!((d.recall() - 1.0 / 3.0).abs() < 1e-12);
+        assert!((d.precision() - 0.5).abs() < 1e-12);
+        assert!((d.f1() - 0.4).abs() < 1e-12);
+        assert_eq!((d.recall_of_size(0), d.recall_of_size(2)), (0.0, 1.0));
+        // Ten of the line's pixels are half of it: found.
+        let more = Mask::from_fn(40, 30, |x, y| proposal.get(x, y) || (x == 10 && y == 14));
+        assert_eq!(Defects::of(&more, &truth, 0).found, [0, 1, 1]);
+        // Grouped by 4 px (gaps up to 8), the speck and the line (a gap of 7) are one defect of
+        // 23 pixels, 9 of them covered: not found; the blot (a gap of 9) stays apart.
+        let grouped = Defects::of(&proposal, &truth, 4);
+        assert_eq!((grouped.defects, grouped.found), ([0, 1, 1], [0, 0, 1]));
+        // A scratch broken into dashes 2 px apart is one defect when grouped by 2.
+        let dashes = Mask::from_fn(30, 3, |x, y| y == 1 && x % 4 != 3);
+        assert_eq!(
+            Defects::of(&Mask::new(30, 3), &dashes, 0).defects,
+            [8, 0, 0]
+        );
+        assert_eq!(
+            Defects::of(&Mask::new(30, 3), &dashes, 2).defects,
+            [0, 1, 0]
+        );
+        // Nothing to find and nothing flagged: perfect by convention, and sums add up.
+        let empty = Mask::new(40, 30);
+        let none = Defects::of(&empty, &empty, 2);
+        assert_eq!((none.precision(), none.recall()), (1.0, 1.0));
+        let total: Defects = [d, none, d].iter().sum();
+        assert_eq!((total.defects, total.flags), ([2, 2, 2], 8));
+    }
+
+    #[test]
+    fn pooled_bootstrap_of_defects_spreads_around_their_f1() {
+        let truth = Mask::from_fn(16, 16, |x, y| x % 4 == 0 && y % 4 == 0);
+        let crops: Vec<Defects> = (0..30)
+            .map(|k| {
+                let pred = Mask::from_fn(16, 16, |x, y| truth.get(x, y) && (x + y + k) % 3 != 0);
+                Defects::of(&pred, &truth, 0)
+            })
+            .collect();
+        let pooled = crops.iter().sum::<Defects>().f1();
+        let f1s = Bootstrap::new(crops.len(), 400, 3).pooled(&crops, |d: Defects| d.f1());
+        let (lo, hi) = percentile_interval(&f1s, 0.95);
+        assert!(
+            lo <= pooled && pooled <= hi && lo < hi,
+            "{lo} {pooled} {hi}"
+        );
     }
 
     fn varied_crops() -> Vec<Counts> {
