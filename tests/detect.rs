@@ -421,3 +421,83 @@ fn detect_data_stages_the_photos_and_streams_reproducible_labelled_samples() {
     let (ok, _, err) = detect_data(&["--data", &staged, "--chunk", "0", "--count", "1"]);
     assert!(!ok && err.contains("--chunk"), "{err}");
 }
+
+#[cfg(feature = "studio")]
+#[test]
+fn studio_n_steps_the_canvas_through_the_proposed_spots() {
+    use egui_kittest::Harness;
+    use kintsugi::engine::EngineConfig;
+    use kintsugi::imaging::BitDepth;
+    use kintsugi::studio::StudioApp;
+
+    let (img, _) = damaged(280, 200);
+    let app = StudioApp::new(
+        Some((img, BitDepth::U8, None)),
+        EngineConfig::with_threads(1),
+    );
+    let mut h = Harness::builder()
+        .with_size([1100.0, 720.0])
+        .build_ui_state(|ui, app: &mut StudioApp| app.ui(ui), app);
+    h.step();
+    // Nothing proposed yet: N does nothing.
+    let fitted = h.state().zoom();
+    h.key_press(egui::Key::N);
+    h.step();
+    assert_eq!(h.state().zoom(), fitted);
+    h.key_press(egui::Key::D);
+    h.step();
+    assert!(h.state_mut().wait_for_detect(), "D did not detect");
+    h.state_mut().set_detect_sensitivity(0.8);
+    h.step();
+    let spots = h.state_mut().proposal_spots();
+    assert!(spots >= 3, "only {spots} spots proposed");
+    // Every proposed pixel lies in one of the spots' boxes, and the boxes are disjoint regions'.
+    let proposal = h
+        .state()
+        .detect_proposal()
+        .cloned()
+        .unwrap_or_else(|| Mask::new(1, 1));
+    let mut boxes = Vec::new();
+    for _ in 0..spots {
+        let shown = h.state_mut().show_next_spot(true);
+        let (r, k) = shown.expect("a spot to show");
+        boxes.push(r);
+        assert_eq!(k, boxes.len());
+    }
+    for y in 0..proposal.height() {
+        for x in 0..proposal.width() {
+            if proposal.get(x, y) {
+                assert!(
+                    boxes
+                        .iter()
+                        .any(|r| r.x <= x && x < r.x + r.width && r.y <= y && y < r.y + r.height),
+                    "proposed pixel ({x}, {y}) in no spot"
+                );
+            }
+        }
+    }
+    // Wrapped around: N shows the first spot again, centred on the canvas at 100% or more.
+    h.key_press(egui::Key::N);
+    h.step();
+    let first = boxes[0];
+    let centre = h.state().screen_pos_of(
+        first.x as f32 + first.width as f32 * 0.5,
+        first.y as f32 + first.height as f32 * 0.5,
+    );
+    let canvas = h.state().canvas_rect();
+    assert!(
+        (centre - canvas.center()).length() < 1.0,
+        "spot at {centre:?}, canvas centre {:?}",
+        canvas.center()
+    );
+    assert!(h.state().zoom() >= 1.0, "zoom {}", h.state().zoom());
+    // Shift+N goes back: from the first spot to the last.
+    h.key_press_modifiers(egui::Modifiers::SHIFT, egui::Key::N);
+    h.step();
+    let last = boxes[spots - 1];
+    let centre = h.state().screen_pos_of(
+        last.x as f32 + last.width as f32 * 0.5,
+        last.y as f32 + last.height as f32 * 0.5,
+    );
+    assert!((centre - canvas.center()).length() < 1.0, "{centre:?}");
+}

@@ -4,10 +4,13 @@ use egui::{Color32, PointerButton, Pos2, Sense, Stroke, Vec2};
 
 use super::app::{StudioApp, OVERLAY};
 use super::textures::{ImageSource, MaskSource};
+use crate::imaging::Rect;
 
 /// Zoom limits in screen points per image pixel.
 const MIN_ZOOM: f32 = 0.005;
 const MAX_ZOOM: f32 = 64.0;
+/// Image pixels of context kept around a region shown by [`CanvasState::show_region`].
+pub const REVIEW_MARGIN: f32 = 48.0;
 
 /// The painting tool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,6 +89,38 @@ impl CanvasState {
         let k = z / self.view.zoom;
         self.view.offset = anchor - (anchor - self.view.offset) * k;
         self.view.zoom = z;
+    }
+
+    /// Centres the view on the image rectangle `r` (image pixels), zoomed so that it shows
+    /// with [`REVIEW_MARGIN`] pixels of context around it: at least 100% (one screen point per
+    /// image pixel) so that a speck is visible, at most 400%, and the current zoom where that
+    /// already shows it so.
+    pub fn show_region(&mut self, r: Rect) {
+        let size = self.rect.size();
+        if size.x < 1.0 || size.y < 1.0 {
+            return;
+        }
+        let (w, h) = (
+            r.width as f32 + 2.0 * REVIEW_MARGIN,
+            r.height as f32 + 2.0 * REVIEW_MARGIN,
+        );
+        let fit = (size.x / w).min(size.y / h);
+        let z = self.view.zoom;
+        let zoom = if (1.0..=fit).contains(&z) {
+            z
+        } else {
+            fit.clamp(1.0, 4.0)
+        };
+        let centre = Vec2::new(
+            r.x as f32 + r.width as f32 * 0.5,
+            r.y as f32 + r.height as f32 * 0.5,
+        );
+        self.view = View {
+            zoom,
+            offset: size * 0.5 - centre * zoom,
+        };
+        self.fit_pending = false;
+        self.actual_pending = false;
     }
 
     /// Grows or shrinks the brush by one notch.

@@ -5,7 +5,9 @@
 //! The detector's probability map is kept, so the sensitivity and dilation sliders re-threshold
 //! it live without running the detector again. The proposal is editable before it is accepted:
 //! the eraser (E) removes false detections from it (those edits survive slider changes), and
-//! the brush adds missed damage to the mask directly. D starts a detection.
+//! the brush adds missed damage to the mask directly. D starts a detection; N and Shift+N (or the
+//! panel's arrows) step the canvas through the proposal's spots, one connected region at a
+//! time, for a review of a large scan at 100% or more.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -46,6 +48,45 @@ struct Proposal {
     detector: &'static str,
     secs: f64,
     doc: usize,
+    /// Bounding boxes of the proposal's spots (8-connected regions) in reading order; `None`
+    /// after a change, until needed again.
+    spots: Option<Vec<Rect>>,
+    /// The spot last shown by [`StudioApp::show_next_spot`].
+    spot: Option<usize>,
+}
+
+impl Proposal {
+    /// The spots, found again after the proposal changed.
+    fn spots(&mut self) -> &[Rect] {
+        self.spots.get_or_insert_with(|| spot_boxes(&self.mask))
+    }
+
+    /// Forgets the spots (the proposal changed).
+    fn changed(&mut self) {
+        self.spots = None;
+        self.spot = None;
+    }
+}
+
+/// Bounding boxes of the 8-connected regions of `mask`, in the order of their first pixel.
+fn spot_boxes(mask: &Mask) -> Vec<Rect> {
+    let w = mask.width().max(1);
+    crate::restore::pipeline::components(mask)
+        .iter()
+        .map(|pixels| {
+            let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+            for &i in pixels {
+                let (x, y) = (i % w, i / w);
+                (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+            }
+            Rect {
+                x: x0,
+                y: y0,
+                width: x1 + 1 - x0,
+                height: y1 + 1 - y0,
+            }
+        })
+        .collect()
 }
 
 /// State of the "Detect damage" tool.
@@ -250,7 +291,34 @@ impl StudioApp {
                 *m &= !e;
             }
             p.texture = LayerTextures::new("proposal", p.mask.width(), p.mask.height());
+            p.changed();
         }
+    }
+
+    /// Spots (connected regions) in the proposal, 0 without one.
+    pub fn proposal_spots(&mut self) -> usize {
+        self.detect.proposal.as_mut().map_or(0, |p| p.spots().len())
+    }
+
+    /// Shows the next spot of the proposal on the canvas (the previous one when `forward` is
+    /// false), wrapping around; returns its bounding box and 1-based number, or `None` when
+    /// nothing is proposed.
+    pub fn show_next_spot(&mut self, forward: bool) -> Option<(Rect, usize)> {
+        let p = self.detect.proposal.as_mut()?;
+        let n = p.spots().len();
+        if n == 0 {
+            return None;
+        }
+        let k = match (p.spot, forward) {
+            (None, true) => 0,
+            (None, false) => n - 1,
+            (Some(k), true) => (k + 1) % n,
+            (Some(k), false) => (k + n - 1) % n,
+        };
+        p.spot = Some(k);
+        let r = p.spots()[k];
+        self.canvas.show_region(r);
+        Some((r, k + 1))
     }
 
     /// Erases the segment from `a` to `b` (image coordinates) with the given radius from the
@@ -296,6 +364,7 @@ impl StudioApp {
         }
         if changed {
             p.texture.update(&MaskSource(&p.mask, PROPOSAL), rect);
+            p.spots = None;
         }
         changed
     }
@@ -362,6 +431,18 @@ impl StudioApp {
         {
             self.start_detect(ctx);
         }
+        if self.detect.proposal.is_some() {
+            // Shift+N first: a key pattern without Shift also matches the key with Shift.
+            let (previous, next) = ctx.input_mut(|i| {
+                (
+                    i.consume_key(egui::Modifiers::SHIFT, egui::Key::N),
+                    i.consume_key(egui::Modifiers::NONE, egui::Key::N),
+                )
+            });
+            if next || previous {
+                self.show_next_spot(next);
+            }
+        }
     }
 
     fn take_detect_result(&mut self, r: DetectResult, doc: usize) -> bool {
@@ -381,6 +462,8 @@ impl StudioApp {
                     detector,
                     secs,
                     doc,
+                    spots: None,
+                    spot: None,
                 });
                 true
             }
@@ -451,15 +534,43 @@ impl StudioApp {
         if let Some(n) = &self.detect.notice {
             ui.small(n.clone());
         }
-        let Some(p) = &self.detect.proposal else {
+        let erasing = self.detect.last_erase.is_some();
+        let Some(p) = &mut self.detect.proposal else {
             return;
         };
+        // Spots are counted again once an eraser stroke over the proposal ends, not per frame.
+        let spots = if erasing && p.spots.is_none() {
+            None
+        } else {
+            Some(p.spots().len())
+        };
         ui.small(format!(
-            "{}: {:.3}% proposed ({:.1} s)",
+            "{}: {:.3}% proposed in {} spots ({:.1} s)",
             p.detector,
             100.0 * p.mask.coverage(),
+            spots.map_or("...".into(), |n| n.to_string()),
             p.secs
         ));
+        let current = p.spot;
+        ui.horizontal(|ui| {
+            let any = spots.is_some_and(|n| n > 0);
+            let prev = ui
+                .add_enabled(any, egui::Button::new("< Previous"))
+                .on_hover_text("Show the previous proposed spot (Shift+N)")
+                .clicked();
+            let next = ui
+                .add_enabled(any, egui::Button::new("Next spot >"))
+                .on_hover_text("Show the next proposed spot at 100% or more (N)")
+                .clicked();
+            if let (Some(k), Some(n)) = (current, spots) {
+                ui.small(format!("spot {} of {n}", k + 1));
+            } else {
+                ui.small("review spots");
+            }
+            if prev || next {
+                self.show_next_spot(next);
+            }
+        });
         let mut s = self.detect.sensitivity;
         let mut d = self.detect.dilation;
         let s_changed = ui

@@ -16,6 +16,10 @@ pub const SHORTCUTS: &[(&str, &str)] = &[
     ("Enter", "Run the selected model on the mask"),
     ("Esc", "Cancel the running job (and a running RL episode)"),
     ("D", "Detect damage (a proposal to edit, then accept)"),
+    (
+        "N / Shift+N",
+        "Detect damage: show the next / previous proposed spot",
+    ),
     ("Tab (hold)", "Show the original"),
     ("Wheel", "Zoom around the pointer"),
     ("Ctrl+0 / Ctrl+1", "Fit / 100%"),
