@@ -219,9 +219,8 @@ impl Defects {
             truth.width().min(proposal.width()),
             truth.height().min(proposal.height()),
         );
-        // Both masks cut to the common size, so that pixel indices agree.
-        let fit = |m: &Mask| Mask::from_fn(w, h, |x, y| m.get(x, y));
-        let (proposal, truth) = (fit(proposal), fit(truth));
+        // Both masks cut to the common size, so that pixel indices agree (copied only then).
+        let (proposal, truth) = (fit_to(proposal, w, h), fit_to(truth, w, h));
         let mut c = Self::default();
         for grown in components(&truth.dilate(group)) {
             let defect: Vec<usize> = grown.into_iter().filter(|&i| truth.data()[i]).collect();
@@ -281,6 +280,15 @@ impl Defects {
     /// Flags that cover no damage.
     pub fn false_alarms(&self) -> u64 {
         self.flags - self.flags_on_damage
+    }
+}
+
+/// `m` cut to `w` x `h` (no larger than it), copied only when its size differs.
+fn fit_to(m: &Mask, w: usize, h: usize) -> std::borrow::Cow<'_, Mask> {
+    if (m.width(), m.height()) == (w, h) {
+        std::borrow::Cow::Borrowed(m)
+    } else {
+        std::borrow::Cow::Owned(Mask::from_fn(w, h, |x, y| m.get(x, y)))
     }
 }
 
@@ -447,13 +455,13 @@ mod tests {
         let truth = Mask::from_fn(40, 30, |x, y| {
             (y == 1 && x < 3)
                 || (x == 10 && (5..25).contains(&y))
-                || (x >= 20 && x < 32 && y >= 10 && y < 22)
+                || ((20..32).contains(&x) && (10..22).contains(&y))
         });
         // Proposal: none of the speck, 9 of the line's 20 pixels (not half), a 2 px wider
         // blot (a dilated cover: still one right flag), and two spots on clean pixels.
         let proposal = Mask::from_fn(40, 30, |x, y| {
             (x == 10 && (5..14).contains(&y))
-                || (x >= 18 && x < 34 && y >= 8 && y < 24)
+                || ((18..34).contains(&x) && (8..24).contains(&y))
                 || (x == 2 && y == 28)
                 || (x == 38 && y == 1)
         });
@@ -488,6 +496,9 @@ mod tests {
         let empty = Mask::new(40, 30);
         let none = Defects::of(&empty, &empty, 2);
         assert_eq!((none.precision(), none.recall()), (1.0, 1.0));
+        // A proposal larger than the truth is scored over the truth's pixels only.
+        let wider = Mask::from_fn(44, 30, |x, y| proposal.get(x.min(39), y) || x >= 40);
+        assert_eq!(Defects::of(&wider, &truth, 0), d);
         let total: Defects = [d, none, d].iter().sum();
         assert_eq!((total.defects, total.flags), ([2, 2, 2], 8));
     }
