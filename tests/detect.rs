@@ -279,10 +279,9 @@ fn studio_proposal_is_separate_until_accepted_and_undoable() {
     assert_eq!(app.document().map(|d| d.mask().count()), Some(0));
 }
 
+/// The studio in a test window on the damaged test image, after its first frame.
 #[cfg(feature = "studio")]
-#[test]
-fn studio_d_detects_and_the_eraser_edits_the_proposal_before_accepting() {
-    use egui_kittest::Harness;
+fn studio_on_damaged() -> egui_kittest::Harness<'static, kintsugi::studio::StudioApp> {
     use kintsugi::engine::EngineConfig;
     use kintsugi::imaging::BitDepth;
     use kintsugi::studio::StudioApp;
@@ -292,10 +291,19 @@ fn studio_d_detects_and_the_eraser_edits_the_proposal_before_accepting() {
         Some((img, BitDepth::U8, None)),
         EngineConfig::with_threads(1),
     );
-    let mut h = Harness::builder()
+    let mut h = egui_kittest::Harness::builder()
         .with_size([1100.0, 720.0])
         .build_ui_state(|ui, app: &mut StudioApp| app.ui(ui), app);
     h.step();
+    h
+}
+
+#[cfg(feature = "studio")]
+#[test]
+fn studio_d_detects_and_the_eraser_edits_the_proposal_before_accepting() {
+    use kintsugi::studio::StudioApp;
+
+    let mut h = studio_on_damaged();
     h.key_press(egui::Key::D);
     h.step();
     assert!(h.state_mut().wait_for_detect(), "D did not detect");
@@ -425,20 +433,7 @@ fn detect_data_stages_the_photos_and_streams_reproducible_labelled_samples() {
 #[cfg(feature = "studio")]
 #[test]
 fn studio_n_steps_the_canvas_through_the_proposed_spots() {
-    use egui_kittest::Harness;
-    use kintsugi::engine::EngineConfig;
-    use kintsugi::imaging::BitDepth;
-    use kintsugi::studio::StudioApp;
-
-    let (img, _) = damaged(280, 200);
-    let app = StudioApp::new(
-        Some((img, BitDepth::U8, None)),
-        EngineConfig::with_threads(1),
-    );
-    let mut h = Harness::builder()
-        .with_size([1100.0, 720.0])
-        .build_ui_state(|ui, app: &mut StudioApp| app.ui(ui), app);
-    h.step();
+    let mut h = studio_on_damaged();
     // Nothing proposed yet: N does nothing.
     let fitted = h.state().zoom();
     h.key_press(egui::Key::N);
