@@ -67,20 +67,7 @@ pub fn find_regions(mask: &Mask, margin: impl Fn(Rect) -> usize) -> Vec<Region> 
     let comps = components(mask)
         .into_iter()
         .map(|pixels| {
-            let (mut x0, mut y0, mut x1, mut y1) = (w, h, 0, 0);
-            for &i in &pixels {
-                let (x, y) = (i % w, i / w);
-                x0 = x0.min(x);
-                y0 = y0.min(y);
-                x1 = x1.max(x);
-                y1 = y1.max(y);
-            }
-            let bbox = Rect {
-                x: x0,
-                y: y0,
-                width: x1 - x0 + 1,
-                height: y1 - y0 + 1,
-            };
+            let bbox = bounding_box(&pixels, w);
             Region {
                 crop: bbox.expand(margin(bbox), w, h),
                 pixels,
@@ -88,6 +75,34 @@ pub fn find_regions(mask: &Mask, margin: impl Fn(Rect) -> usize) -> Vec<Region> 
         })
         .collect();
     merge_overlapping(comps)
+}
+
+/// The smallest rectangle holding the pixels at row-major indices `pixels` of an image `width`
+/// wide (an empty rectangle at the origin for no pixels).
+pub fn bounding_box(pixels: &[usize], width: usize) -> Rect {
+    if pixels.is_empty() {
+        return Rect {
+            x: 0,
+            y: 0,
+            width: 0,
+            height: 0,
+        };
+    }
+    let w = width.max(1);
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+    for &i in pixels {
+        let (x, y) = (i % w, i / w);
+        x0 = x0.min(x);
+        y0 = y0.min(y);
+        x1 = x1.max(x);
+        y1 = y1.max(y);
+    }
+    Rect {
+        x: x0,
+        y: y0,
+        width: x1 - x0 + 1,
+        height: y1 - y0 + 1,
+    }
 }
 
 /// The 8-connected components of the holes of `mask`, each as its pixel indices (row-major),
@@ -298,6 +313,16 @@ fn checkpoint_full(rep: &dyn RegionReporter) -> Result<(), RestoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounding_box_of_row_major_pixels() {
+        // Pixels (3, 1), (1, 2) and (4, 4) of a 10-wide image.
+        let r = bounding_box(&[13, 21, 44], 10);
+        assert_eq!((r.x, r.y, r.width, r.height), (1, 1, 4, 4));
+        let one = bounding_box(&[7], 10);
+        assert_eq!((one.x, one.y, one.width, one.height), (7, 0, 1, 1));
+        assert_eq!(bounding_box(&[], 10).area(), 0);
+    }
 
     #[test]
     fn regions_are_found_and_merged() {

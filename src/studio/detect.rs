@@ -70,22 +70,10 @@ impl Proposal {
 
 /// Bounding boxes of the 8-connected regions of `mask`, in the order of their first pixel.
 fn spot_boxes(mask: &Mask) -> Vec<Rect> {
-    let w = mask.width().max(1);
-    crate::restore::pipeline::components(mask)
+    use crate::restore::pipeline::{bounding_box, components};
+    components(mask)
         .iter()
-        .map(|pixels| {
-            let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
-            for &i in pixels {
-                let (x, y) = (i % w, i / w);
-                (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
-            }
-            Rect {
-                x: x0,
-                y: y0,
-                width: x1 + 1 - x0,
-                height: y1 + 1 - y0,
-            }
-        })
+        .map(|pixels| bounding_box(pixels, mask.width()))
         .collect()
 }
 
