@@ -495,4 +495,10 @@ fn studio_n_steps_the_canvas_through_the_proposed_spots() {
         last.y as f32 + last.height as f32 * 0.5,
     );
     assert!((centre - canvas.center()).length() < 1.0, "{centre:?}");
+    // Erasing the whole proposal leaves no spot to show, and the review's place is forgotten.
+    assert!(h
+        .state_mut()
+        .erase_from_proposal([140.0, 0.0], [140.0, 200.0], 200.0));
+    assert_eq!(h.state_mut().proposal_spots(), 0);
+    assert!(h.state_mut().show_next_spot(true).is_none());
 }

@@ -56,12 +56,17 @@ struct Proposal {
 }
 
 impl Proposal {
-    /// The spots, found again after the proposal changed.
+    /// The spots, found again after the proposal changed; the spot last shown is forgotten
+    /// when fewer spots remain (an eraser stroke removed some).
     fn spots(&mut self) -> &[Rect] {
-        self.spots.get_or_insert_with(|| spot_boxes(&self.mask))
+        let spots = self.spots.get_or_insert_with(|| spot_boxes(&self.mask));
+        if self.spot.is_some_and(|k| k >= spots.len()) {
+            self.spot = None;
+        }
+        spots
     }
 
-    /// Forgets the spots (the proposal changed).
+    /// Forgets the spots and the spot last shown (the proposal was thresholded anew).
     fn changed(&mut self) {
         self.spots = None;
         self.spot = None;
@@ -352,6 +357,8 @@ impl StudioApp {
         }
         if changed {
             p.texture.update(&MaskSource(&p.mask, PROPOSAL), rect);
+            // Found again when next needed; the spot last shown is kept, so that N goes on
+            // from where the review was.
             p.spots = None;
         }
         changed
