@@ -153,6 +153,10 @@ pub struct DetectArgs {
     /// Extra residual blocks (two 3x3 convs) at 1/2 resolution (finer decisions).
     #[arg(long, default_value_t = 0)]
     pub fine: usize,
+    /// Half side of the element of two extra input features, the white and black top-hats of
+    /// the luminance (0 = none, as shipped).
+    #[arg(long, default_value_t = 0)]
+    pub tophat: usize,
     /// Peak learning rate.
     #[arg(long, default_value_t = 3e-3)]
     pub lr: f64,
@@ -250,6 +254,7 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
             deep: a.deep,
             blocks: a.blocks,
             fine: a.fine,
+            tophat: a.tophat,
         },
         steps: a.steps,
         batch: a.batch,

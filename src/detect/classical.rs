@@ -123,6 +123,26 @@ fn square(src: &[f32], w: usize, h: usize, r: usize, max: bool) -> Vec<f32> {
     extremum(&t, w, h, r, max, false)
 }
 
+/// White and black top-hat residues of the luminance `y` of a `w x h` tile, with a square
+/// structuring element of half side `r`: `y - open(y)` (what is brighter than its surroundings
+/// and thinner than the element) and `close(y) - y` (the same for darker), both at least 0.
+/// Each output pixel depends on the input within `2r` pixels (Chebyshev distance).
+pub(crate) fn top_hats(y: &[f32], w: usize, h: usize, r: usize) -> (Vec<f32>, Vec<f32>) {
+    let opened = square(&square(y, w, h, r, false), w, h, r, true);
+    let closed = square(&square(y, w, h, r, true), w, h, r, false);
+    let white = y
+        .iter()
+        .zip(&opened)
+        .map(|(&v, &o)| (v - o).max(0.0))
+        .collect();
+    let black = y
+        .iter()
+        .zip(&closed)
+        .map(|(&v, &c)| (c - v).max(0.0))
+        .collect();
+    (white, black)
+}
+
 /// Mean over a square window of half side `r`, clipped at the borders (summed-area table).
 pub(crate) fn box_mean(src: &[f32], w: usize, h: usize, r: usize) -> Vec<f32> {
     let mut sat = vec![0f64; (w + 1) * (h + 1)];
@@ -204,14 +224,8 @@ impl Detector for Classical {
             return Err(DetectError::InvalidInput("empty tile".into()));
         }
         let p = &self.params;
-        let y = luminance(tile);
-        let opened = square(&square(&y, w, h, p.radius, false), w, h, p.radius, true);
-        let closed = square(&square(&y, w, h, p.radius, true), w, h, p.radius, false);
-        let residue: Vec<f32> = y
-            .iter()
-            .zip(opened.iter().zip(&closed))
-            .map(|(&v, (&o, &c))| (v - o).max(c - v).max(0.0))
-            .collect();
+        let (white, black) = top_hats(&luminance(tile), w, h, p.radius);
+        let residue: Vec<f32> = white.iter().zip(&black).map(|(&a, &b)| a.max(b)).collect();
         let texture = box_mean(&residue, w, h, p.texture_radius);
         let line = line_response(&residue, w, h, p.line_radius);
         Ok(residue

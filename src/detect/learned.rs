@@ -64,6 +64,10 @@ pub struct DetectNetConfig {
     /// decisions where hairs and specks meet texture.
     #[serde(default)]
     pub fine: usize,
+    /// Half side of the square element of two extra input features, the white and black top-hat
+    /// residues of the luminance ([`fold_input`]); 0 = none (the RGB input alone).
+    #[serde(default)]
+    pub tophat: usize,
 }
 
 impl Default for DetectNetConfig {
@@ -74,6 +78,7 @@ impl Default for DetectNetConfig {
             deep: 0,
             blocks: 0,
             fine: 0,
+            tophat: 0,
         }
     }
 }
@@ -97,19 +102,31 @@ impl DetectNetConfig {
     /// training flag, must give an error, not an allocation of gigabytes).
     pub fn check(&self) -> Result<(), String> {
         let (b, m, d) = self.widths();
-        if b > 256 || m > 512 || d > 1024 || self.blocks > 8 || self.fine > 8 {
+        if b > 256 || m > 512 || d > 1024 || self.blocks > 8 || self.fine > 8 || self.tophat > 8 {
             return Err(format!(
-                "implausible network sizes (base {b}, mid {m}, deep {d}, blocks {}, fine {})",
-                self.blocks, self.fine
+                "implausible network sizes (base {b}, mid {m}, deep {d}, blocks {}, fine {}, \
+                 tophat {})",
+                self.blocks, self.fine, self.tophat
             ));
         }
         Ok(())
     }
 
     /// Radius in full-resolution pixels beyond which no input pixel affects an output pixel
-    /// (rounded up): 47 for the base network, plus 16 per extra block and 4 per fine block.
+    /// (rounded up): 47 for the base network, plus 16 per extra block, 4 per fine block and
+    /// twice the top-hat half side.
     pub fn receptive_radius(&self) -> usize {
-        47 + 16 * self.blocks + 4 * self.fine
+        47 + 16 * self.blocks + 4 * self.fine + 2 * self.tophat
+    }
+
+    /// Input channels of the first conv: the folded RGB (12), plus the two folded top-hat
+    /// features (8) when `tophat` is set.
+    pub fn in_channels(&self) -> usize {
+        if self.tophat > 0 {
+            20
+        } else {
+            12
+        }
     }
 }
 
@@ -124,9 +141,16 @@ pub fn architecture(cfg: &DetectNetConfig) -> String {
         0 => String::new(),
         n => format!(" -> {n} residual (conv3x3 {b}, relu, conv3x3 {b})"),
     };
+    let input = match cfg.tophat {
+        0 => "RGB in [-1,1] folded 2x2 (space-to-depth, 12 ch at 1/2)".to_string(),
+        r => format!(
+            "RGB in [-1,1] and the white and black top-hats of the luminance ({s}x{s} element, \
+             x4, at most 1) folded 2x2 (space-to-depth, 20 ch at 1/2)",
+            s = 2 * r + 1
+        ),
+    };
     format!(
-        "tiny U-Net on our fast convs, never at full resolution: RGB in [-1,1] folded 2x2 \
-         (space-to-depth, 12 ch at 1/2) -> conv3x3 {b} (1/2) -> conv3x3 s2 {b2} -> conv3x3 {b2} \
+        "tiny U-Net on our fast convs, never at full resolution: {input} -> conv3x3 {b} (1/2) -> conv3x3 s2 {b2} -> conv3x3 {b2} \
          (1/4) -> conv3x3 s2 {b3} -> conv3x3 {b3} -> conv3x3 dil2 {b3}{blocks} (1/8) -> conv1x1 \
          {b2} + nearest-up + skip -> conv3x3 {b2} (1/4) -> conv1x1 {b} + nearest-up + skip -> \
          conv3x3 {b}{fine} (1/2) -> conv1x1 4 logits per 2x2 block (depth-to-space); relu \
@@ -166,6 +190,7 @@ pub struct DetectNet {
     /// Extra residual blocks at 1/2 (`f1a`/`f1b`, ...).
     fine: Vec<(Conv2dFast, Conv2dFast)>,
     out: Conv2dFast,
+    config: DetectNetConfig,
 }
 
 impl DetectNet {
@@ -189,7 +214,7 @@ impl DetectNet {
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(Self {
-            e1: Conv2dFast::new(vb.pp("e1"), 12, b, 3, cfg(1, 1, 1), relu)?,
+            e1: Conv2dFast::new(vb.pp("e1"), c.in_channels(), b, 3, cfg(1, 1, 1), relu)?,
             e2: Conv2dFast::new(vb.pp("e2"), b, b2, 3, cfg(1, 2, 1), relu)?,
             e3: Conv2dFast::new(vb.pp("e3"), b2, b2, 3, cfg(1, 1, 1), relu)?,
             e4: Conv2dFast::new(vb.pp("e4"), b2, b3, 3, cfg(1, 2, 1), relu)?,
@@ -202,11 +227,24 @@ impl DetectNet {
             d1: Conv2dFast::new(vb.pp("d1"), b, b, 3, cfg(1, 1, 1), relu)?,
             fine,
             out: Conv2dFast::new(vb.pp("out"), b, 4, 1, cfg(0, 1, 1), id)?,
+            config: c,
         })
     }
 
+    /// The sizes it was built with.
+    pub fn config(&self) -> &DetectNetConfig {
+        &self.config
+    }
+
+    /// The network input `[1, in_channels, h8/2, w8/2]` of one image ([`fold_input`]).
+    pub fn input(&self, img: &ImageF32, dev: &Device) -> candle_core::Result<Tensor> {
+        let (data, hw, hh) = fold_input(img, &self.config);
+        Tensor::from_vec(data, (1, self.config.in_channels(), hh, hw), dev)
+    }
+
     /// Logits `[n, 4, h/2, w/2]` (channel `2 dy + dx` is pixel `(2x + dx, 2y + dy)`) of the
-    /// folded input `[n, 12, h/2, w/2]` (see [`fold`]); `h` and `w` must be multiples of 8.
+    /// folded input `[n, in_channels, h/2, w/2]` (see [`fold_input`]); `h` and `w` must be
+    /// multiples of 8.
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let e1 = self.e1.forward(x)?;
         let s4 = self.e3.forward(&self.e2.forward(&e1)?)?;
@@ -435,29 +473,50 @@ impl LoadedNet {
 /// `[-1, 1]` (channel `4 c + 2 dy + dx` holds colour `c` of pixel `(2x + dx, 2y + dy)`), after
 /// padding to multiples of 8 by edge replication. Grey images repeat their one sample.
 pub fn fold(img: &ImageF32) -> (Vec<f32>, usize, usize) {
+    fold_input(img, &DetectNetConfig::default())
+}
+
+/// The input of a network of sizes `cfg`: [`fold`]'s 12 channels, then, when `cfg.tophat` is
+/// set, the white and black top-hat residues of the luminance
+/// ([`super::classical::top_hats`], times 4, at most 1), folded the same way (channels 12-15
+/// and 16-19).
+pub fn fold_input(img: &ImageF32, cfg: &DetectNetConfig) -> (Vec<f32>, usize, usize) {
     let (w, h, ch) = (img.width(), img.height(), img.channels().max(1));
     let (w8, h8) = (w.div_ceil(8) * 8, h.div_ceil(8) * 8);
     let (hw, hh) = (w8 / 2, h8 / 2);
-    let plane = hw * hh;
-    let mut data = vec![0f32; 12 * plane];
-    let src = img.data();
+    let mut data = vec![0f32; cfg.in_channels() * hw * hh];
     if w == 0 || h == 0 {
         return (data, hw, hh);
     }
+    let src = img.data();
+    for c in 0..3 {
+        let cc = if ch >= 3 { c } else { 0 };
+        fold_plane(&mut data, 4 * c, w, h, |i| src[i * ch + cc] * 2.0 - 1.0);
+    }
+    if cfg.tophat > 0 {
+        let luma = super::classical::luminance(img);
+        let (white, black) = super::classical::top_hats(&luma, w, h, cfg.tophat);
+        fold_plane(&mut data, 12, w, h, |i| (4.0 * white[i]).min(1.0));
+        fold_plane(&mut data, 16, w, h, |i| (4.0 * black[i]).min(1.0));
+    }
+    (data, hw, hh)
+}
+
+/// Writes one `w x h` plane (`value` of the row-major pixel index), padded to multiples of 8
+/// by edge replication and folded 2x2, into channels `first..first + 4` of `data`.
+fn fold_plane(data: &mut [f32], first: usize, w: usize, h: usize, value: impl Fn(usize) -> f32) {
+    let (w8, h8) = (w.div_ceil(8) * 8, h.div_ceil(8) * 8);
+    let (hw, hh) = (w8 / 2, h8 / 2);
+    let plane = hw * hh;
     for y in 0..h8 {
         let sy = y.min(h - 1);
         let (by, dy) = (y / 2, y % 2);
         for x in 0..w8 {
             let sx = x.min(w - 1);
             let (bx, dx) = (x / 2, x % 2);
-            let i = (sy * w + sx) * ch;
-            for c in 0..3 {
-                let cc = if ch >= 3 { c } else { 0 };
-                data[(4 * c + 2 * dy + dx) * plane + by * hw + bx] = src[i + cc] * 2.0 - 1.0;
-            }
+            data[(first + 2 * dy + dx) * plane + by * hw + bx] = value(sy * w + sx);
         }
     }
-    (data, hw, hh)
 }
 
 /// Folds a mask like [`fold`] folds an image: `[4, h8/2, w8/2]`, 1 = damage, padding 0.
@@ -544,9 +603,9 @@ impl Learned {
         if w == 0 || h == 0 || tile.channels() == 0 {
             return Err(DetectError::InvalidInput("empty tile".into()));
         }
-        let (data, hw, hh) = fold(tile);
-        let x = Tensor::from_vec(data, (1, 12, hh, hw), &self.dev)?;
+        let x = self.net.net.input(tile, &self.dev)?;
         let y = self.net.net.forward(&x)?;
+        let (hh, hw) = (y.dim(2)?, y.dim(3)?);
         let z: Vec<f32> = y.flatten_all()?.to_vec1()?;
         Ok(unfold(&z, hw, hh, w, h))
     }
@@ -592,6 +651,7 @@ mod tests {
             deep: 96,
             blocks: 2,
             fine: 0,
+            tophat: 0,
         };
         assert_eq!(wide.widths(), (24, 48, 96));
         let text = serde_json::to_string(&wide).unwrap_or_else(|e| panic!("{e}"));
@@ -608,6 +668,7 @@ mod tests {
             deep: 8,
             blocks: 1,
             fine: 0,
+            tophat: 0,
         };
         let net = LoadedNet::fresh(narrow, 5, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
         let mut map = HashMap::new();
@@ -628,6 +689,7 @@ mod tests {
             deep: 12,
             blocks: 1,
             fine: 1,
+            tophat: 0,
         };
         let widened =
             LoadedNet::widened_from(wide, &path, 9, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
@@ -667,6 +729,39 @@ mod tests {
         let no_fine = DetectNetConfig { fine: 0, ..wide };
         assert!(LoadedNet::widened_from(no_fine, &path2, 9, &Device::Cpu).is_err());
         assert!(LoadedNet::widened_from(wide, &path2, 9, &Device::Cpu).is_ok());
+        // With the top-hat features added, the first conv reads them with zero weights at
+        // first: the same logits as the file's network, and the features do reach the input.
+        let saved = LoadedNet::load(wide, &path2, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
+        let plain = Learned::from_net(saved, 0.0)
+            .logits(&img)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let with_tophat = DetectNetConfig { tophat: 2, ..wide };
+        let net = LoadedNet::widened_from(with_tophat, &path2, 9, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let x = net
+            .net
+            .input(&img, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(x.dims(), &[1, 20, 16, 20]);
+        let features: Vec<f32> = x
+            .narrow(1, 12, 8)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(features.iter().all(|v| (0.0..=1.0).contains(v)));
+        assert!(
+            features.iter().any(|&v| v > 0.05),
+            "the pattern has texture"
+        );
+        let featured = Learned::from_net(net, 0.0)
+            .logits(&img)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let worst = plain
+            .iter()
+            .zip(&featured)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "the new inputs moved a logit by {worst}");
     }
 
     /// Farthest output pixel (Chebyshev distance) whose logit moves when one input pixel does.
@@ -696,25 +791,21 @@ mod tests {
 
     #[test]
     fn the_stated_receptive_field_and_the_halo_cover_what_one_pixel_reaches() {
-        for (blocks, fine) in [(0, 0), (2, 0), (0, 2)] {
+        for (blocks, fine, tophat) in [(0, 0, 0), (2, 0, 0), (0, 2, 0), (0, 0, 3)] {
             let cfg = DetectNetConfig {
                 base: 4,
                 mid: 6,
                 deep: 8,
                 blocks,
                 fine,
+                tophat,
             };
             let reach = measured_reach(cfg);
             let stated = cfg.receptive_radius();
-            assert!(
-                reach <= stated,
-                "blocks {blocks}, fine {fine}: reach {reach} > {stated}"
-            );
+            let sizes = format!("blocks {blocks}, fine {fine}, tophat {tophat}");
+            assert!(reach <= stated, "{sizes}: reach {reach} > {stated}");
             // The statement is not loose either: a pixel reaches most of it.
-            assert!(
-                reach + 12 >= stated,
-                "blocks {blocks}, fine {fine}: reach {reach} << {stated}"
-            );
+            assert!(reach + 12 >= stated, "{sizes}: reach {reach} << {stated}");
             let net = LoadedNet::fresh(cfg, 3, &Device::Cpu).unwrap_or_else(|e| panic!("{e}"));
             let halo = Learned::from_net(net, 0.0).halo();
             assert!(halo > stated && halo % 8 == 0, "halo {halo}");

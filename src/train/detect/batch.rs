@@ -7,13 +7,13 @@ use rayon::prelude::*;
 
 use super::augment::{garment_patch, printed_marks, vivid_colours, TrainAugment};
 use super::synth::{synth_sample_train, SynthSample};
-use crate::detect::learned::{fold, fold_mask};
+use crate::detect::learned::{fold_input, fold_mask, DetectNetConfig};
 use crate::train::cgan::CropSource;
 use crate::train::damage_synth::ArtifactBank;
 use crate::train::{mix, TrainError, TrainResult};
 
-/// A batch of folded inputs `[n, 12, s/2, s/2]` in `[-1, 1]`, targets and loss weights
-/// `[n, 4, s/2, s/2]`.
+/// A batch of folded inputs `[n, in_channels, s/2, s/2]` ([`fold_input`]), targets and loss
+/// weights `[n, 4, s/2, s/2]`.
 pub struct DetectBatch {
     /// Network inputs (folded).
     pub input: Tensor,
@@ -32,9 +32,14 @@ pub const HARD_NEG_MARGIN: usize = 3;
 
 impl DetectBatch {
     /// Stacks samples (all `s x s` with `s` a multiple of 8), folded 2x2 as the network reads
-    /// them ([`fold`], [`fold_mask`]): the loss is per pixel, so comparing folded logits with
-    /// the folded mask is the same as comparing unfolded ones.
-    pub fn from_items(items: &[SynthSample], dev: &Device) -> TrainResult<Self> {
+    /// them ([`fold_input`] for a network of sizes `net`, [`fold_mask`]): the loss is per
+    /// pixel, so comparing folded logits with the folded mask is the same as comparing unfolded
+    /// ones.
+    pub fn from_items(
+        items: &[SynthSample],
+        net: &DetectNetConfig,
+        dev: &Device,
+    ) -> TrainResult<Self> {
         let Some(first) = items.first() else {
             return Err(TrainError::Invalid("empty batch".into()));
         };
@@ -55,7 +60,7 @@ impl DetectBatch {
             if sizes.iter().any(|&d| d != (w, h)) {
                 return Err(TrainError::Invalid("batch items differ in size".into()));
             }
-            input.extend(fold(&s.image).0);
+            input.extend(fold_input(&s.image, net).0);
             target.extend(fold_mask(&s.mask));
             let ignored = fold_mask(&s.ignore);
             let near = fold_mask(&s.mask.dilate(HARD_NEG_MARGIN));
@@ -69,7 +74,7 @@ impl DetectBatch {
         let n = items.len();
         let shape = (n, 4, h / 2, w / 2);
         Ok(Self {
-            input: Tensor::from_vec(input, (n, 12, h / 2, w / 2), dev)?,
+            input: Tensor::from_vec(input, (n, net.in_channels(), h / 2, w / 2), dev)?,
             target: Tensor::from_vec(target, shape, dev)?,
             valid: Tensor::from_vec(valid, shape, dev)?,
             far: Tensor::from_vec(far, shape, dev)?,
@@ -223,8 +228,7 @@ pub fn photo_negative_loss(
             let Some(photo) = source.photo(rng.random_range(0..source.len())) else {
                 continue;
             };
-            let (data, hw, hh) = fold(&photo);
-            let z = net.forward(&Tensor::from_vec(data, (1, 12, hh, hw), dev)?)?;
+            let z = net.forward(&net.input(&photo, dev)?)?;
             terms.push(hard_negative_loss(&z, &z.ones_like()?, frac)?.0);
         }
     }
@@ -327,8 +331,9 @@ mod tests {
         for (b, v) in img.iter().zip(s.image.data()) {
             assert!((f32::from(*b) / 255.0 - v).abs() <= 0.5 / 255.0 + 1e-6);
         }
-        let batch = DetectBatch::from_items(std::slice::from_ref(&s), &dev)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let batch =
+            DetectBatch::from_items(std::slice::from_ref(&s), &DetectNetConfig::default(), &dev)
+                .unwrap_or_else(|e| panic!("{e}"));
         let flat = |t: &Tensor| -> Vec<f32> {
             t.flatten_all()
                 .and_then(|t| t.to_vec1())
@@ -377,8 +382,10 @@ mod tests {
         let photo = source
             .photo(rng.random_range(0..source.len()))
             .unwrap_or_else(|| panic!("no photo"));
-        let (data, hw, hh) = fold(&photo);
-        let x = Tensor::from_vec(data, (1, 12, hh, hw), &dev).unwrap_or_else(|e| panic!("{e}"));
+        let x = net
+            .net
+            .input(&photo, &dev)
+            .unwrap_or_else(|e| panic!("{e}"));
         let z = net.net.forward(&x).unwrap_or_else(|e| panic!("{e}"));
         let ones = z.ones_like().unwrap_or_else(|e| panic!("{e}"));
         let want = hard_negative_loss(&z, &ones, 0.05)
@@ -408,7 +415,8 @@ mod tests {
             ignore,
             stats: LabelStats::default(),
         };
-        let b = DetectBatch::from_items(&[item], &dev).unwrap_or_else(|e| panic!("{e}"));
+        let b = DetectBatch::from_items(&[item], &DetectNetConfig::default(), &dev)
+            .unwrap_or_else(|e| panic!("{e}"));
         // Unfold the 2x2-folded map back to pixels: channel 2*dy + dx at (x/2, y/2).
         let f: Vec<f32> = b
             .far

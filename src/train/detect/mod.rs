@@ -369,7 +369,7 @@ pub fn train_detect(
         0,
         TrainAugment::default(),
     )?;
-    let val_batch = DetectBatch::from_items(&val_items, dev)?;
+    let val_batch = DetectBatch::from_items(&val_items, &cfg.net, dev)?;
     let session = Instant::now();
     let start_step = state.step;
     let base_seconds = state.train_seconds;
@@ -393,7 +393,7 @@ pub fn train_detect(
             step,
             cfg.augment,
         )?;
-        let batch = DetectBatch::from_items(&items, dev)?;
+        let batch = DetectBatch::from_items(&items, &cfg.net, dev)?;
         let logits = net.net.forward(&batch.input)?;
         let (loss, bce, dice) = detect_loss(
             &logits,
@@ -555,6 +555,7 @@ pub(crate) mod tests {
                 deep: 0,
                 blocks: 0,
                 fine: 0,
+                tophat: 0,
             },
             steps: 1,
             batch: 1,
