@@ -231,11 +231,6 @@ impl DetectNet {
         })
     }
 
-    /// The sizes it was built with.
-    pub fn config(&self) -> &DetectNetConfig {
-        &self.config
-    }
-
     /// The network input `[1, in_channels, h8/2, w8/2]` of one image ([`fold_input`]).
     pub fn input(&self, img: &ImageF32, dev: &Device) -> candle_core::Result<Tensor> {
         let (data, hw, hh) = fold_input(img, &self.config);
@@ -469,15 +464,11 @@ impl LoadedNet {
     }
 }
 
-/// Folds an interleaved image into the network input: planar `[12, h8/2, w8/2]` values in
-/// `[-1, 1]` (channel `4 c + 2 dy + dx` holds colour `c` of pixel `(2x + dx, 2y + dy)`), after
-/// padding to multiples of 8 by edge replication. Grey images repeat their one sample.
-pub fn fold(img: &ImageF32) -> (Vec<f32>, usize, usize) {
-    fold_input(img, &DetectNetConfig::default())
-}
-
-/// The input of a network of sizes `cfg`: [`fold`]'s 12 channels, then, when `cfg.tophat` is
-/// set, the white and black top-hat residues of the luminance
+/// Folds an interleaved image into the input of a network of sizes `cfg`: planar
+/// `[in_channels, h8/2, w8/2]` after padding to multiples of 8 by edge replication. Channels
+/// 0-11 hold the colours in `[-1, 1]` (channel `4 c + 2 dy + dx` holds colour `c` of pixel
+/// `(2x + dx, 2y + dy)`; grey images repeat their one sample); when `cfg.tophat` is set, the
+/// white and black top-hat residues of the luminance
 /// ([`super::classical::top_hats`], times 4, at most 1), folded the same way (channels 12-15
 /// and 16-19).
 pub fn fold_input(img: &ImageF32, cfg: &DetectNetConfig) -> (Vec<f32>, usize, usize) {
@@ -519,7 +510,7 @@ fn fold_plane(data: &mut [f32], first: usize, w: usize, h: usize, value: impl Fn
     }
 }
 
-/// Folds a mask like [`fold`] folds an image: `[4, h8/2, w8/2]`, 1 = damage, padding 0.
+/// Folds a mask like [`fold_input`] folds an image: `[4, h8/2, w8/2]`, 1 = damage, padding 0.
 pub fn fold_mask(m: &crate::imaging::Mask) -> Vec<f32> {
     let (w, h) = (m.width(), m.height());
     let (w8, h8) = (w.div_ceil(8) * 8, h.div_ceil(8) * 8);
@@ -659,6 +650,22 @@ mod tests {
         assert_eq!(back, wide);
     }
 
+    /// Every value of `t`, flattened.
+    fn values(t: &Tensor) -> Vec<f32> {
+        t.flatten_all()
+            .and_then(|t| t.to_vec1())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Largest absolute difference of two equally long logit lists.
+    fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(u, v)| (u - v).abs())
+            .fold(0f32, f32::max)
+    }
+
     #[test]
     fn a_widened_network_computes_what_the_narrow_one_did() {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
@@ -703,22 +710,14 @@ mod tests {
             .find(|(n, _)| n == "e1.weight")
             .map(|(_, v)| v.as_tensor().clone())
             .unwrap_or_else(|| panic!("no e1.weight"));
-        let new_rows: Vec<f32> = e1
-            .narrow(0, 4, 2)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let new_rows = values(&e1.narrow(0, 4, 2).unwrap_or_else(|e| panic!("{e}")));
         assert!(new_rows.iter().any(|v| v.abs() > 1e-3));
         let path2 = dir.path().join("deep.safetensors");
         widened.save_f16(&path2).unwrap_or_else(|e| panic!("{e}"));
         let after = Learned::from_net(widened, 0.0)
             .logits(&img)
             .unwrap_or_else(|e| panic!("{e}"));
-        let worst = before
-            .iter()
-            .zip(&after)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_abs_diff(&before, &after);
         assert!(worst < 1e-4, "widening moved a logit by {worst}");
         // Narrower sizes or another block count do not fit.
         let narrower = DetectNetConfig { base: 3, ..wide };
@@ -743,11 +742,7 @@ mod tests {
             .input(&img, &Device::Cpu)
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(x.dims(), &[1, 20, 16, 20]);
-        let features: Vec<f32> = x
-            .narrow(1, 12, 8)
-            .and_then(|t| t.flatten_all())
-            .and_then(|t| t.to_vec1())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let features = values(&x.narrow(1, 12, 8).unwrap_or_else(|e| panic!("{e}")));
         assert!(features.iter().all(|v| (0.0..=1.0).contains(v)));
         assert!(
             features.iter().any(|&v| v > 0.05),
@@ -756,11 +751,7 @@ mod tests {
         let featured = Learned::from_net(net, 0.0)
             .logits(&img)
             .unwrap_or_else(|e| panic!("{e}"));
-        let worst = plain
-            .iter()
-            .zip(&featured)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_abs_diff(&plain, &featured);
         assert!(worst < 1e-5, "the new inputs moved a logit by {worst}");
     }
 

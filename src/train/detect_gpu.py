@@ -177,7 +177,7 @@ def fixed_samples(cmd, count, crop):
 
 def unpack(recs, crop, flip=None):
     """Folded network inputs `[n, 12, crop/2, crop/2]` in [-1, 1] and folded label codes
-    `[n, 4, crop/2, crop/2]` (channel 4c + 2dy + dx, as `fold` and `fold_mask`)."""
+    `[n, 4, crop/2, crop/2]` (channel 4c + 2dy + dx, as `fold_input` and `fold_mask`)."""
     n = recs.shape[0]
     img = recs[:, : crop * crop * 3].view(n, crop, crop, 3).permute(0, 3, 1, 2)
     lab = recs[:, crop * crop * 3 :].view(n, 1, crop, crop)
@@ -189,7 +189,7 @@ def unpack(recs, crop, flip=None):
 
 def fold_input(img):
     """The network input of uint8 RGB images `[n, 3, h, w]`: scaled to [-1, 1] and folded 2x2
-    into 12 channels, as `fold` in src/detect/learned.rs."""
+    into 12 channels, as `fold_input` in src/detect/learned.rs."""
     return F.pixel_unshuffle(img.float() * (2.0 / 255.0) - 1.0, 2)
 
 
