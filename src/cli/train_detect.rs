@@ -202,6 +202,11 @@ pub struct DetectArgs {
     /// changing what the network computes.
     #[arg(long)]
     pub init: Option<PathBuf>,
+    /// Keep a moving average of the weights with this largest decay per step (0.999: about
+    /// the last 1000 steps) and ship it; the last step's weights go to `raw/` in OUT's folder
+    /// (0 = none, as shipped).
+    #[arg(long, default_value_t = 0.0)]
+    pub ema: f64,
     /// Seed of everything random.
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
@@ -267,6 +272,7 @@ pub fn run_detect(a: DetectArgs) -> anyhow::Result<()> {
         hard_neg_frac: a.hard_neg_frac,
         augment,
         photo_negatives: a.photo_negatives,
+        ema: a.ema,
         seed: a.seed,
         sample_every: a.sample_every,
         runs_dir: runs_dir.clone(),

@@ -16,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
+use super::ema::Ema;
 use super::{
     io_err, mix, read_json, save_tensors, write_json, AdamW, BatchOrder, ImageSet, TrainError,
     TrainResult,
@@ -117,8 +118,7 @@ pub struct GanTrainer {
     gan: LoadedGan,
     opt_g: AdamW,
     opt_d: AdamW,
-    ema: Vec<Tensor>,
-    g_names: Vec<String>,
+    ema: Ema,
     order: BatchOrder,
     step: u64,
     past_seconds: f64,
@@ -132,11 +132,7 @@ impl GanTrainer {
     pub fn new(cfg: GanTrainConfig, train_len: usize, dev: &Device) -> TrainResult<Self> {
         let gan = LoadedGan::fresh(cfg.model, cfg.seed, dev)?;
         let (g_vars, d_vars) = gan.vars()?;
-        let g_names = g_vars.iter().map(|(n, _)| n.clone()).collect();
-        let ema = g_vars
-            .iter()
-            .map(|(_, v)| v.as_tensor().copy())
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let ema = Ema::new(&g_vars, cfg.ema)?;
         let opt_g = AdamW::new(g_vars, cfg.lr_g, 0.0)?.with_betas(cfg.beta1, 0.999);
         let opt_d = AdamW::new(d_vars, cfg.lr_d, 0.0)?.with_betas(cfg.beta1, 0.999);
         let order = BatchOrder::new(train_len, cfg.batch, cfg.seed)?;
@@ -146,7 +142,6 @@ impl GanTrainer {
             opt_g,
             opt_d,
             ema,
-            g_names,
             order,
             step: 0,
             past_seconds: 0.0,
@@ -221,15 +216,7 @@ impl GanTrainer {
     }
 
     fn update_ema(&mut self) -> TrainResult<()> {
-        let t = self.step as f64;
-        let decay = self.cfg.ema.min((1.0 + t) / (10.0 + t));
-        let vars = sorted_vars(&self.gan.g_vars)?;
-        for (e, (_, v)) in self.ema.iter_mut().zip(vars) {
-            // Detached: an op on a variable records its graph, which would chain every step's
-            // average to the previous one and grow without bound.
-            *e = ((&*e * decay)? + (v.as_tensor().detach() * (1.0 - decay))?)?.detach();
-        }
-        Ok(())
+        self.ema.update(&sorted_vars(&self.gan.g_vars)?, self.step)
     }
 
     /// Starts from trained weights instead of the fresh initialisation: sets G and D from a
@@ -243,24 +230,13 @@ impl GanTrainer {
             ))
         })?;
         self.gan.set_from(&tensors, weights)?;
-        let vars = sorted_vars(&self.gan.g_vars)?;
-        self.ema = vars
-            .iter()
-            .map(|(_, v)| v.as_tensor().copy())
-            .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(())
+        self.ema.reset(&sorted_vars(&self.gan.g_vars)?)
     }
 
     /// The moving-average generator (what ships and what the grids show).
     pub fn ema_generator(&self) -> TrainResult<Generator> {
-        let map: HashMap<String, Tensor> = self
-            .g_names
-            .iter()
-            .cloned()
-            .zip(self.ema.iter().cloned())
-            .collect();
         Ok(Generator::new(
-            VarBuilder::from_tensors(map, DType::F32, &self.dev),
+            VarBuilder::from_tensors(self.ema.tensors(""), DType::F32, &self.dev),
             self.cfg.model,
         )?)
     }
@@ -275,9 +251,7 @@ impl GanTrainer {
     pub fn shipped(&self) -> TrainResult<LoadedGan> {
         let out = LoadedGan::fresh(self.cfg.model, 0, &self.dev)?;
         let mut map = self.gan.tensors()?;
-        for (name, t) in self.g_names.iter().zip(&self.ema) {
-            map.insert(format!("g.{name}"), t.clone());
-        }
+        map.extend(self.ema.tensors("g."));
         out.set_from(&map, Path::new("<trainer>"))?;
         Ok(out)
     }
@@ -293,9 +267,7 @@ impl GanTrainer {
         for (k, v) in self.opt_d.state() {
             tensors.insert(format!("opt_d.{k}"), v);
         }
-        for (name, t) in self.g_names.iter().zip(&self.ema) {
-            tensors.insert(format!("ema.{name}"), t.clone());
-        }
+        tensors.extend(self.ema.tensors("ema."));
         let path = runs.join("checkpoint.safetensors");
         save_tensors(&tensors, &path)?;
         let state = CheckpointState {
@@ -337,13 +309,7 @@ impl GanTrainer {
         };
         self.opt_g.load_state(&sub("opt_g."), state.step)?;
         self.opt_d.load_state(&sub("opt_d."), state.step)?;
-        let ema = sub("ema.");
-        for (name, e) in self.g_names.iter().zip(self.ema.iter_mut()) {
-            *e = ema
-                .get(name)
-                .ok_or_else(|| TrainError::Invalid(format!("checkpoint has no ema.{name}")))?
-                .clone();
-        }
+        self.ema.load(&tensors, "ema.")?;
         self.step = state.step;
         self.past_seconds = state.train_seconds;
         self.started = Instant::now();

@@ -4,6 +4,7 @@
 pub mod cgan;
 pub mod damage_synth;
 pub mod detect;
+pub mod ema;
 pub mod gan;
 pub mod rl;
 pub mod vae;
