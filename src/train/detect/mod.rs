@@ -323,7 +323,10 @@ pub fn train_detect(
         }
         _ => LoadedNet::fresh(cfg.net, cfg.seed, dev).map_err(det_err)?,
     };
-    let mut opt = AdamW::new(net.vars().map_err(det_err)?, cfg.lr, 1e-4)?;
+    // The variables once, sorted by name: the optimiser's, and the ones the average follows
+    // (each shares its storage with the network, so it sees every step and the resumed values).
+    let vars = net.vars().map_err(det_err)?;
+    let mut opt = AdamW::new(vars.clone(), cfg.lr, 1e-4)?;
     let mut state = DetectCheckpoint {
         step: 0,
         train_seconds: 0.0,
@@ -389,7 +392,7 @@ pub fn train_detect(
     // The average starts at the initial (or resumed) weights, and a resumed one goes on.
     let mut ema = match cfg.ema {
         d if d > 0.0 => {
-            let mut e = Ema::new(&net.vars().map_err(det_err)?, d)?;
+            let mut e = Ema::new(&vars, d)?;
             if let Some(t) = &resumed {
                 e.load(t, EMA_PREFIX)?;
             }
@@ -464,7 +467,7 @@ pub fn train_detect(
         opt.backward_step(&loss)?;
         state.step += 1;
         if let Some(e) = ema.as_mut() {
-            e.update(&net.vars().map_err(det_err)?, state.step)?;
+            e.update(&vars, state.step)?;
         }
         let elapsed = session.elapsed().as_secs_f64();
         state.train_seconds = base_seconds + elapsed;
